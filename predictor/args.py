@@ -1,0 +1,93 @@
+"""Command-line arguments: kserve's own parser extended with the runtime's options.
+
+Like KServe's huggingfaceserver, the parser inherits every kserve argument (``--model_name``,
+``--http_port``, ``--grpc_port``, ``--workers``, ...) so the ServingRuntime passes the same
+flags it passes to any KServe model server, and adds what this runtime needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from kserve.model_server import parser as kserve_parser
+
+DEVICE_CHOICES = ("auto", "neuron", "cuda", "cpu")
+DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
+DEVICE_ENV = "PREDICTOR_DEVICE"
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the predictor's parser (kserve's arguments plus ours)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m predictor",
+        parents=[kserve_parser],
+        conflict_handler="resolve",
+        description="Hardware-aware KServe predictor (Neuron, CUDA, CPU).",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model_dir",
+        default="/mnt/models",
+        help="Local model directory (where KServe's storage initializer mounts storageUri).",
+    )
+    model.add_argument(
+        "--model_id",
+        default=None,
+        help="Remote model to fetch into --model_dir when it holds no model: "
+        "a Hugging Face repo id ('org/name' or 'hf://org/name') or 's3://bucket/prefix'.",
+    )
+    model.add_argument("--model_revision", default=None, help="Hugging Face revision (branch, tag, commit).")
+    model.add_argument(
+        "--task",
+        default="auto",
+        help="Pipeline task; 'auto' reads it from the model's model_index.json / config.json.",
+    )
+
+    device = parser.add_argument_group("device")
+    device.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default=os.environ.get(DEVICE_ENV, "auto"),
+        help=f"Accelerator to use; 'auto' picks neuron, then cuda, then cpu. Env: {DEVICE_ENV}.",
+    )
+    device.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="Weights dtype on CUDA/CPU; 'auto' is float16 on CUDA and float32 on CPU.",
+    )
+    device.add_argument(
+        "--torch_compile",
+        type=_bool,
+        default=False,
+        help="Compile the UNet and VAE decoder with torch.compile (inductor) and channels_last.",
+    )
+
+    serving = parser.add_argument_group("serving")
+    serving.add_argument("--max_batch_size", type=int, default=4, help="Most prompts in one pipeline call.")
+    serving.add_argument(
+        "--batch_wait_ms", type=float, default=5.0, help="How long the first request waits for others to batch with."
+    )
+    serving.add_argument(
+        "--max_queue_size", type=int, default=64, help="Prompts waiting at most; beyond it requests get 503."
+    )
+    serving.add_argument("--max_height", type=int, default=1024, help="Largest image height accepted.")
+    serving.add_argument("--max_width", type=int, default=1024, help="Largest image width accepted.")
+    serving.add_argument("--default_height", type=int, default=None, help="Height when a request gives none.")
+    serving.add_argument("--default_width", type=int, default=None, help="Width when a request gives none.")
+    serving.add_argument("--default_steps", type=int, default=25, help="num_inference_steps when none is given.")
+    serving.add_argument("--max_steps", type=int, default=150, help="Largest num_inference_steps accepted.")
+    serving.add_argument(
+        "--warmup", type=_bool, default=True, help="Run one synthetic inference before reporting ready."
+    )
+    return parser
