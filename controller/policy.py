@@ -1,0 +1,271 @@
+"""The switching policy: pure functions, no I/O, no clock, no randomness.
+
+Two states, as in the seed's option 3:
+
+* ``cost-optimized``: all traffic to the ready units of the cost pool
+  (:func:`controller.weights.cost_optimized_weights`).
+* ``capacity-optimized``: traffic spread over every unit in proportion to the capacity it can get,
+  weighted by the adjusted throughput of seed Table 2
+  (:func:`controller.weights.capacity_optimized_weights`).
+
+Failover (cost -> capacity) happens at the first decision where the cost pool shows insufficient
+capacity (pods unschedulable past the grace period, or InsufficientCapacityError events / failed
+NodeClaims) while demand exceeds what its ready replicas serve, or as soon as demand exceeds what
+the cost pool could serve even at max_replicas. It is never delayed: delaying it drops requests.
+
+Fallback (capacity -> cost) happens only after the cost pool has shown ready headroom
+continuously for ``timing.fallback_hold_s`` and the controller has been capacity-optimized for at
+least ``timing.min_state_s``. Any sign of shortage resets the headroom clock, so flapping signals
+cannot make the weights oscillate.
+
+The controller (:mod:`controller.loop`) and the simulator both call :func:`decide`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from controller.config import ControllerConfig
+from controller.weights import (
+    capacity_optimized_weights,
+    cost_optimized_weights,
+    integer_weights,
+    ramp_weights,
+    valid_weights,
+)
+
+COST = "cost-optimized"
+CAPACITY = "capacity-optimized"
+Mode = Literal["cost-optimized", "capacity-optimized"]
+
+
+@dataclass(frozen=True)
+class UnitSignals:
+    ready_replicas: int
+    desired_replicas: int  # what the autoscaler asked for
+    pending_replicas: int = 0  # pods not yet running (scheduling, pulling, starting)
+    unschedulable_replicas: int = 0  # pending because unschedulable for longer than the grace period
+    capacity_errors: int = 0  # InsufficientCapacityError events / failed NodeClaims in the window
+
+
+@dataclass(frozen=True)
+class Signals:
+    at: float  # epoch seconds when observed
+    units: Mapping[str, UnitSignals]
+    demand_rps: float | None = None  # total request rate; None = estimate from the autoscaler
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    mode: Mode
+    since: float  # when the current mode was entered
+    cost_headroom_since: float | None = None  # start of the current run of cost-pool headroom
+    weights: Mapping[str, int] = field(default_factory=dict)  # weights in effect (last applied)
+    prewarm_until: float | None = None  # keep capacity units pre-warmed until then
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: PolicyState  # the state to carry into the next decision
+    weights: dict[str, int]  # weights to apply (always sums to 100)
+    switched: bool  # mode changed in this decision
+    stale: bool  # signals were stale or incomplete: nothing must be actuated
+    reason: str  # one line for logs, status and Events
+    prewarm: dict[str, int] = field(default_factory=dict)  # unit -> minReplicas to set (empty: no pre-warm)
+    demand_rps: float | None = None  # demand the decision used (measured or estimated)
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """What the policy derives from one set of signals (exposed for status, metrics and tests)."""
+
+    demand_rps: float
+    demand_estimated: bool
+    cost_served_rps: float  # ready cost replicas * max throughput
+    cost_max_rps: float  # cost pool at max_replicas
+    cost_short: bool  # insufficient capacity shown by the cost pool
+    cost_headroom: bool  # cost pool gets what it asks for and could carry all demand
+    ready: dict[str, bool]
+    obtainable: dict[str, float]  # replicas each unit can get (capacity-optimized weights)
+
+
+def initial_state(config: ControllerConfig, now: float) -> PolicyState:
+    """Start cost-optimized, with no weights known yet (the loop fills them from the cluster)."""
+    return PolicyState(mode=COST, since=now)
+
+
+def estimate_demand(config: ControllerConfig, state: PolicyState, signals: Signals) -> tuple[float, bool]:
+    """Demand in requests/s and whether it was estimated.
+
+    Measured demand (Prometheus) wins. Without it, demand is what the autoscaler asked for on the
+    units that currently receive traffic: sum(desired_replicas * max_throughput). That is an upper
+    bound (the autoscaler rounds up), which errs towards failing over and against falling back.
+    """
+    if signals.demand_rps is not None:
+        return max(0.0, float(signals.demand_rps)), False
+    routed = {name for name, w in state.weights.items() if w > 0}
+    if not routed:  # weights unknown: the units the current mode routes to
+        routed = {u.name for u in (config.cost_units if state.mode == COST else config.units)}
+    total = 0.0
+    for u in config.units:
+        s = signals.units.get(u.name)
+        if s is None or u.name not in routed:
+            continue
+        total += s.desired_replicas * u.max_throughput
+    return total, True
+
+
+def _unit_short(s: UnitSignals) -> bool:
+    return s.unschedulable_replicas > 0 or s.capacity_errors > 0
+
+
+def observe(config: ControllerConfig, state: PolicyState, signals: Signals) -> PoolView:
+    """Derive pool-level facts from per-unit signals (no decision yet)."""
+    demand, estimated = estimate_demand(config, state, signals)
+    cost_units = config.cost_units
+    us = signals.units
+    cost_served = sum(us[u.name].ready_replicas * u.max_throughput for u in cost_units)
+    cost_max = sum(u.max_replicas * u.max_throughput for u in cost_units)
+    cost_short = any(_unit_short(us[u.name]) for u in cost_units)
+    all_obtained = all(us[u.name].ready_replicas >= us[u.name].desired_replicas for u in cost_units)
+    any_ready = any(us[u.name].ready_replicas > 0 for u in cost_units)
+    headroom = (not cost_short and all_obtained and any_ready
+                and demand * config.thresholds.headroom_ratio <= cost_max)
+    ready = {u.name: us[u.name].ready_replicas > 0 for u in config.units}
+    obtainable: dict[str, float] = {}
+    for u in config.units:
+        s = us[u.name]
+        # A unit that cannot get capacity keeps what it has; the others can grow to max_replicas.
+        obtainable[u.name] = float(min(s.ready_replicas, u.max_replicas) if _unit_short(s) else u.max_replicas)
+    return PoolView(demand_rps=demand, demand_estimated=estimated, cost_served_rps=cost_served,
+                    cost_max_rps=cost_max, cost_short=cost_short, cost_headroom=headroom, ready=ready,
+                    obtainable=obtainable)
+
+
+def target_weights(config: ControllerConfig, mode: Mode, view: PoolView) -> dict[str, int]:
+    """Weights the given mode wants for these observations (before any ramp)."""
+    if mode == COST:
+        return cost_optimized_weights(config.units, ready=view.ready)
+    return capacity_optimized_weights(config.units, capacity=view.obtainable, ready=view.ready)
+
+
+def _prewarm_replicas(config: ControllerConfig, view: PoolView) -> dict[str, int]:
+    """minReplicas per capacity unit so it can carry its capacity-optimized share of demand."""
+    shares = capacity_optimized_weights(config.units, capacity=view.obtainable)
+    out: dict[str, int] = {}
+    for u in config.capacity_units:
+        need = math.ceil(view.demand_rps * shares[u.name] / 100.0 / u.max_throughput - 1e-9)
+        out[u.name] = min(u.max_replicas, max(config.prewarm.min_replicas, u.min_replicas, need))
+    return out
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: float) -> Decision:
+    """One decision: the next state, the weights to apply, and why."""
+    names = [u.name for u in config.units]
+    timing = config.timing
+    current = dict(state.weights) if valid_weights(state.weights, names) else {}
+
+    # ---- stale or incomplete signals: hold everything, say so.
+    age = now - signals.at
+    missing = [n for n in names if n not in signals.units]
+    if age > timing.signal_max_age_s or missing or age < -timing.signal_max_age_s:
+        if missing:
+            why = f"stale: no signals for {', '.join(missing)}; holding weights"
+        else:
+            why = f"stale: signals are {_fmt(age)} s old (max {timing.signal_max_age_s:g} s); holding weights"
+        held = current or (cost_optimized_weights(config.units) if state.mode == COST
+                           else capacity_optimized_weights(config.units))
+        return Decision(state=state, weights=held, switched=False, stale=True, reason=why)
+
+    view = observe(config, state, signals)
+
+    # ---- headroom clock (reset by any shortage).
+    headroom_since = (state.cost_headroom_since if state.cost_headroom_since is not None else now) \
+        if view.cost_headroom else None
+
+    mode: Mode = state.mode
+    since = state.since
+    switched = False
+    if state.mode == COST:
+        if view.cost_short and view.demand_rps > view.cost_served_rps:
+            mode, switched = CAPACITY, True
+            why = (f"failover: cost pool short of capacity and demand {_fmt(view.demand_rps)} rps > "
+                   f"{_fmt(view.cost_served_rps)} rps it serves")
+        elif view.demand_rps > view.cost_max_rps:
+            mode, switched = CAPACITY, True
+            why = (f"failover: demand {_fmt(view.demand_rps)} rps exceeds the cost pool maximum "
+                   f"{_fmt(view.cost_max_rps)} rps")
+        else:
+            why = (f"cost-optimized: demand {_fmt(view.demand_rps)} rps, cost pool serves "
+                   f"{_fmt(view.cost_served_rps)} rps" + (" (short of capacity)" if view.cost_short else ""))
+    else:
+        in_state = now - state.since
+        held = now - headroom_since if headroom_since is not None else 0.0
+        if headroom_since is not None and held >= timing.fallback_hold_s and in_state >= timing.min_state_s:
+            mode, switched = COST, True
+            why = f"fallback: cost pool had headroom for {_fmt(held)} s (hold {timing.fallback_hold_s:g} s)"
+        elif headroom_since is not None:
+            why = (f"capacity-optimized: cost pool headroom for {_fmt(held)} s of {timing.fallback_hold_s:g} s, "
+                   f"{_fmt(in_state)} s in state (min {timing.min_state_s:g} s)")
+        else:
+            why = "capacity-optimized: cost pool has no headroom" + (
+                " (short of capacity)" if view.cost_short else
+                f" (demand {_fmt(view.demand_rps)} rps, cost pool max {_fmt(view.cost_max_rps)} rps)")
+    if switched:
+        since = now
+
+    # ---- weights: target for the mode, never to unready units, ramped except on failover.
+    target = target_weights(config, mode, view)
+    if switched and mode == CAPACITY:
+        weights = target  # failover is urgent: no ramp
+    else:
+        base = current
+        if base and any(view.ready.values()):
+            # Drop unready units at once, then ramp the rest.
+            if any(base[n] > 0 and not view.ready[n] for n in names):
+                live = {n: (float(base[n]) if view.ready[n] else 0.0) for n in names}
+                base = _renormalize(live, target)
+        weights = ramp_weights(base, target, timing.max_weight_step) if base else target
+    if not valid_weights(weights, names):  # pragma: no cover - guarded by the weight functions
+        raise AssertionError(f"policy produced invalid weights {weights}")
+
+    # ---- pre-warm the capacity pool ahead of a failover.
+    prewarm: dict[str, int] = {}
+    prewarm_until = state.prewarm_until
+    if config.prewarm.enabled:
+        cost_units = config.cost_units
+        trigger = (view.cost_short
+                   or any(signals.units[u.name].pending_replicas > 0 for u in cost_units)
+                   or view.demand_rps > config.prewarm.utilization * view.cost_max_rps
+                   or mode == CAPACITY)
+        if trigger:
+            prewarm_until = now + config.prewarm.hold_s
+        if prewarm_until is not None and now < prewarm_until:
+            prewarm = _prewarm_replicas(config, view)
+        else:
+            prewarm_until = None
+            prewarm = {u.name: u.min_replicas for u in config.capacity_units}
+
+    new_state = PolicyState(mode=mode, since=since, cost_headroom_since=headroom_since, weights=dict(weights),
+                            prewarm_until=prewarm_until)
+    return Decision(state=new_state, weights=dict(weights), switched=switched, stale=False, reason=why,
+                    prewarm=prewarm, demand_rps=view.demand_rps)
+
+
+def _renormalize(live: Mapping[str, float], fallback: Mapping[str, int]) -> dict[str, int]:
+    if sum(live.values()) <= 0:
+        return dict(fallback)
+    return integer_weights(live)
+
+
+def with_weights(state: PolicyState, weights: Mapping[str, int]) -> PolicyState:
+    """The same state with the weights actually in effect (after a paused or failed actuation)."""
+    return replace(state, weights=dict(weights))
+

@@ -1,0 +1,340 @@
+"""Demand/capacity traces for the simulator: a small data type, CSV I/O and generators.
+
+A trace is a table sampled at increasing times::
+
+    time_s,demand,available.sd21-inf2
+    0,310.5,
+    10,312.0,4
+
+``demand`` is the offered load in requests per second over the step that starts at ``time_s``.
+``available.<unit>`` columns are optional: the number of replicas the cloud can give that unit
+from that time on (an empty cell or a missing column means "as many as the unit's max replicas").
+
+Generators (all deterministic for a given ``seed``):
+
+* :func:`diurnal` - daily waves with slow (autocorrelated) noise, like the seed's experiments;
+* :func:`burst` - the diurnal wave plus short bursts of several times the load;
+* :func:`outage` - the diurnal wave plus a window in which the cost pool's units can get at
+  most a few replicas (an insufficient-capacity event, as in the seed's failover experiment).
+
+Command line::
+
+    python -m controller.traces diurnal --out diurnal.csv
+    python -m controller.traces burst --out burst.csv --seed 3
+    python -m controller.traces outage --config examples/sd21-seed.yaml --out outage.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+AVAILABLE_PREFIX = "available."
+DAY_S = 86400.0
+
+
+class TraceError(ValueError):
+    """A trace file or generator argument is invalid."""
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Demand (requests/s) and optional per-unit replica availability over time.
+
+    ``available[unit][k]`` is NaN where the trace says nothing (meaning: the unit's max replicas).
+    """
+
+    time_s: np.ndarray
+    demand: np.ndarray
+    available: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        t = np.asarray(self.time_s, dtype=float)
+        d = np.asarray(self.demand, dtype=float)
+        if t.ndim != 1 or d.shape != t.shape:
+            raise TraceError("time_s and demand must be 1-D arrays of the same length")
+        if t.size == 0:
+            raise TraceError("a trace needs at least one row")
+        if not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
+            raise TraceError("time_s must be finite and strictly increasing")
+        if not np.all(np.isfinite(d)) or np.any(d < 0):
+            raise TraceError("demand must be finite and >= 0")
+        avail: dict[str, np.ndarray] = {}
+        for name, values in self.available.items():
+            a = np.asarray(values, dtype=float)
+            if a.shape != t.shape:
+                raise TraceError(f"available.{name} has {a.size} values, expected {t.size}")
+            known = a[~np.isnan(a)]
+            if np.any(known < 0) or np.any(known != np.floor(known)) or np.any(np.isinf(known)):
+                raise TraceError(f"available.{name} must hold whole numbers >= 0 (or be empty)")
+            avail[str(name)] = a
+        object.__setattr__(self, "time_s", t)
+        object.__setattr__(self, "demand", d)
+        object.__setattr__(self, "available", avail)
+
+    def __len__(self) -> int:
+        return int(self.time_s.size)
+
+    @property
+    def dt(self) -> np.ndarray:
+        """Duration of each step in seconds; the last step repeats the previous one (or 1 s)."""
+        if self.time_s.size == 1:
+            return np.ones(1)
+        d = np.diff(self.time_s)
+        return np.append(d, d[-1])
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.dt.sum())
+
+    def available_replicas(self, unit: str, max_replicas: int) -> np.ndarray:
+        """Replicas the cloud can give ``unit`` at each step (int array), capped at ``max_replicas``."""
+        a = self.available.get(unit)
+        if a is None:
+            return np.full(len(self), int(max_replicas), dtype=np.int64)
+        filled = np.where(np.isnan(a), max_replicas, np.minimum(a, max_replicas))
+        return filled.astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------- CSV
+
+
+def _fmt(x: float) -> str:
+    if math.isnan(x):
+        return ""
+    if float(x).is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return f"{x:.10g}"
+
+
+def write_csv(trace: Trace, path: str | Path) -> Path:
+    """Write ``trace`` as CSV (``time_s,demand,available.<unit>...``); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = sorted(trace.available)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["time_s", "demand", *(AVAILABLE_PREFIX + n for n in names)])
+        cols = [trace.available[n] for n in names]
+        for k in range(len(trace)):
+            w.writerow([_fmt(trace.time_s[k]), _fmt(trace.demand[k]), *(_fmt(c[k]) for c in cols)])
+    return path
+
+
+def read_csv(path: str | Path, units: Iterable[str] | None = None) -> Trace:
+    """Read a trace CSV. With ``units``, ``available.<name>`` columns for other names are an error."""
+    path = Path(path)
+    try:
+        fh = path.open(newline="")
+    except OSError as exc:
+        raise TraceError(f"cannot read trace {path}: {exc}") from exc
+    with fh:
+        reader = csv.reader(fh)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise TraceError(f"{path}: empty file") from None
+        if header[:2] != ["time_s", "demand"]:
+            raise TraceError(f"{path}: header must start with 'time_s,demand', got {','.join(header[:2])!r}")
+        names: list[str] = []
+        for h in header[2:]:
+            if not h.startswith(AVAILABLE_PREFIX) or len(h) == len(AVAILABLE_PREFIX):
+                raise TraceError(f"{path}: unexpected column {h!r} (only available.<unit> columns are allowed)")
+            names.append(h[len(AVAILABLE_PREFIX) :])
+        if len(set(names)) != len(names):
+            raise TraceError(f"{path}: duplicate available.<unit> columns")
+        if units is not None:
+            known = set(units)
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise TraceError(f"{path}: available.<unit> columns for units not in the config: {unknown}")
+        rows: list[list[float]] = []
+        for lineno, row in enumerate(reader, start=2):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                raise TraceError(f"{path}:{lineno}: expected {len(header)} fields, got {len(row)}")
+            try:
+                vals = [float(row[0]), float(row[1])]
+                vals += [float(c) if c.strip() else math.nan for c in row[2:]]
+            except ValueError as exc:
+                raise TraceError(f"{path}:{lineno}: {exc}") from None
+            rows.append(vals)
+    if not rows:
+        raise TraceError(f"{path}: no data rows")
+    arr = np.asarray(rows, dtype=float)
+    try:
+        return Trace(arr[:, 0], arr[:, 1], {n: arr[:, 2 + i] for i, n in enumerate(names)})
+    except TraceError as exc:
+        raise TraceError(f"{path}: {exc}") from None
+
+
+# -------------------------------------------------------------------------------------- generators
+
+
+def _times(hours: float, step_s: float) -> np.ndarray:
+    if step_s <= 0 or hours <= 0:
+        raise TraceError("hours and step_s must be > 0")
+    n = int(round(hours * 3600.0 / step_s))
+    return np.arange(max(n, 1), dtype=float) * step_s
+
+
+def _wave(t: np.ndarray, base: float, peak: float, trough_h: float) -> np.ndarray:
+    """A smooth daily wave: ``base`` at ``trough_h`` o'clock, ``peak`` twelve hours later."""
+    phase = 2.0 * math.pi * (t / DAY_S - trough_h / 24.0)
+    return base + (peak - base) * 0.5 * (1.0 - np.cos(phase))
+
+
+def _slow_noise(rng: np.random.Generator, n: int, step_s: float, sigma: float, tau_s: float) -> np.ndarray:
+    """AR(1) noise with standard deviation ``sigma`` and correlation time ``tau_s``."""
+    if sigma <= 0:
+        return np.zeros(n)
+    phi = math.exp(-step_s / tau_s)
+    eps = rng.standard_normal(n) * sigma * math.sqrt(1.0 - phi * phi)
+    out = np.empty(n)
+    acc = rng.standard_normal() * sigma
+    for k in range(n):  # n is ~10^4: a plain loop is fast enough and obviously right
+        acc = phi * acc + eps[k]
+        out[k] = acc
+    return out
+
+
+def diurnal(
+    hours: float = 24.0,
+    step_s: float = 10.0,
+    base: float = 250.0,
+    peak: float = 1500.0,
+    trough_h: float = 4.0,
+    noise: float = 0.04,
+    seed: int = 0,
+) -> Trace:
+    """Daily waves between ``base`` and ``peak`` requests/s with slow multiplicative noise."""
+    if base < 0 or peak < base:
+        raise TraceError("need 0 <= base <= peak")
+    t = _times(hours, step_s)
+    rng = np.random.default_rng(seed)
+    demand = _wave(t, base, peak, trough_h) * (1.0 + _slow_noise(rng, t.size, step_s, noise, 600.0))
+    return Trace(t, np.round(np.maximum(demand, 0.0), 3))
+
+
+def burst(
+    hours: float = 24.0,
+    step_s: float = 10.0,
+    base: float = 250.0,
+    peak: float = 1200.0,
+    bursts: int = 6,
+    factor: float = 2.0,
+    min_burst_s: float = 300.0,
+    max_burst_s: float = 1200.0,
+    noise: float = 0.04,
+    seed: int = 0,
+) -> Trace:
+    """The diurnal wave plus ``bursts`` surges: the load jumps to about ``factor`` x within a minute,
+    holds, then decays; start times and lengths are drawn from ``seed``."""
+    base_trace = diurnal(hours, step_s, base, peak, noise=noise, seed=seed)
+    t = base_trace.time_s
+    rng = np.random.default_rng(seed + 1_000_003)
+    mult = np.ones_like(t)
+    span = t[-1] + step_s
+    for _ in range(bursts):
+        start = rng.uniform(0.05, 0.9) * span
+        length = rng.uniform(min_burst_s, max_burst_s)
+        f = rng.uniform(0.75, 1.25) * (factor - 1.0)
+        rise = np.clip((t - start) / 60.0, 0.0, 1.0)
+        decay = np.where(t > start + length, np.exp(-(t - start - length) / 180.0), 1.0)
+        mult += f * rise * decay * (t >= start)
+    return Trace(t, np.round(base_trace.demand * mult, 3))
+
+
+def outage(
+    units: Sequence[str],
+    hours: float = 24.0,
+    step_s: float = 10.0,
+    base: float = 250.0,
+    peak: float = 1500.0,
+    start_h: float = 7.0,
+    duration_h: float = 8.0,
+    replicas: int = 4,
+    noise: float = 0.04,
+    seed: int = 0,
+) -> Trace:
+    """The diurnal wave; from ``start_h`` for ``duration_h`` hours each unit in ``units`` (normally
+    the cost pool) can get at most ``replicas`` replicas. Outside the window the columns are empty
+    (no limit). Pods above the limit when it starts are lost, like a spot reclaim."""
+    if not units:
+        raise TraceError("outage needs at least one unit name")
+    if replicas < 0:
+        raise TraceError("replicas must be >= 0")
+    tr = diurnal(hours, step_s, base, peak, noise=noise, seed=seed)
+    t = tr.time_s
+    inside = (t >= start_h * 3600.0) & (t < (start_h + duration_h) * 3600.0)
+    col = np.where(inside, float(replicas), np.nan)
+    return Trace(t, tr.demand, {u: col.copy() for u in units})
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def _cost_pool_units(config_path: str) -> list[str]:
+    from controller.config import load_config  # the shared config loader
+
+    cfg = load_config(config_path)
+    names = [u.name for u in cfg.units if u.pool == "cost"]
+    if not names:
+        raise TraceError(f"{config_path}: no unit with pool: cost")
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m controller.traces", description="Generate a simulator trace CSV.")
+    p.add_argument("kind", choices=["diurnal", "burst", "outage"])
+    p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--hours", type=float, default=24.0)
+    p.add_argument("--step", type=float, default=10.0, help="seconds between rows (default 10)")
+    p.add_argument("--base", type=float, default=250.0, help="demand at the daily trough, requests/s")
+    p.add_argument("--peak", type=float, default=None, help="demand at the daily peak, requests/s")
+    p.add_argument("--noise", type=float, default=0.04, help="relative std-dev of the slow noise")
+    p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("burst")
+    g.add_argument("--bursts", type=int, default=6)
+    g.add_argument("--factor", type=float, default=2.0, help="load multiplier at a burst's top")
+    g = p.add_argument_group("outage")
+    g.add_argument("--config", help="controller config; the outage hits its units with pool: cost")
+    g.add_argument("--units", help="comma-separated unit names to limit (instead of --config)")
+    g.add_argument("--start-h", type=float, default=7.0, help="hour the outage starts")
+    g.add_argument("--duration-h", type=float, default=8.0)
+    g.add_argument("--replicas", type=int, default=4, help="replicas each unit can get during the outage")
+    a = p.parse_args(argv)
+    try:
+        if a.kind == "diurnal":
+            tr = diurnal(a.hours, a.step, a.base, a.peak or 1500.0, noise=a.noise, seed=a.seed)
+        elif a.kind == "burst":
+            tr = burst(a.hours, a.step, a.base, a.peak or 1200.0, a.bursts, a.factor, noise=a.noise, seed=a.seed)
+        else:
+            if a.units:
+                names = [u.strip() for u in a.units.split(",") if u.strip()]
+            elif a.config:
+                names = _cost_pool_units(a.config)
+            else:
+                p.error("outage needs --config or --units")
+            tr = outage(
+                names, a.hours, a.step, a.base, a.peak or 1500.0, a.start_h, a.duration_h, a.replicas,
+                noise=a.noise, seed=a.seed,
+            )
+    except TraceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = write_csv(tr, a.out)
+    print(f"wrote {path} ({len(tr)} rows, {tr.duration_s / 3600:.1f} h, peak {tr.demand.max():.0f} req/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""``python -m predictor``: detect the device, fetch the model, serve it with KServe."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from predictor.args import build_parser
+
+logger = logging.getLogger("predictor")
+
+
+def _fail(message: str) -> int:
+    logger.error(message)
+    print(f"predictor: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    parser.add_argument("--log_format", choices=("text", "json"), default=os.environ.get("LOG_FORMAT", "text"),
+                        help="Log records as text (kserve's format) or one JSON object per line.")
+    args = parser.parse_args(argv)
+
+    from predictor.logs import setup_logging
+
+    setup_logging(args.configure_logging, args.log_config_file, args.log_format)
+
+    if args.workers != 1:
+        return _fail("--workers must be 1: one process owns the accelerator; scale with replicas instead")
+    if not args.model_name:
+        return _fail("--model_name is required")
+
+    from predictor import metrics
+    from predictor.device import DeviceUnavailableError, detect_device
+    from predictor.pipelines import UnknownTaskError, infer_task, task_class
+    from predictor.pipelines.base import ServingLimits
+    from predictor.storage import ModelSourceError, prepare_model_dir
+
+    try:
+        device = detect_device(args.device)
+    except (DeviceUnavailableError, ValueError) as error:
+        return _fail(str(error))
+    logger.info("device: %s", device.describe())
+    metrics.DEVICE_INFO.info({"kind": device.kind, "count": str(device.count), "names": ";".join(device.names),
+                              "requested": device.requested})
+
+    if device.kind == "neuron":
+        from predictor.pipelines.neuron import NeuronSDKMissingError, import_optimum_neuron
+
+        try:
+            import_optimum_neuron()
+        except NeuronSDKMissingError as error:
+            return _fail(str(error))
+
+    variant = "fp16" if args.dtype == "float16" or (args.dtype == "auto" and device.kind == "cuda") else None
+    try:
+        model_dir = prepare_model_dir(args.model_dir, args.model_id, args.model_revision, variant=variant,
+                                      neuron=device.kind == "neuron")
+        task_name = infer_task(model_dir) if args.task == "auto" else args.task
+        task_factory = task_class(task_name)
+    except (ModelSourceError, UnknownTaskError) as error:
+        return _fail(str(error))
+    logger.info("serving task %s from %s as model %r", task_name, model_dir, args.model_name)
+
+    limits = ServingLimits(
+        max_batch_size=args.max_batch_size,
+        max_height=args.max_height,
+        max_width=args.max_width,
+        default_height=args.default_height,
+        default_width=args.default_width,
+        default_steps=args.default_steps,
+        max_steps=args.max_steps,
+    )
+    options = {"dtype": args.dtype, "torch_compile": args.torch_compile}
+    task = task_factory(str(model_dir), device, limits, options)
+
+    from kserve import ModelServer
+
+    from predictor.model import PredictorModel
+    from predictor.server import install_error_handlers
+
+    model = PredictorModel(
+        args.model_name,
+        task,
+        device,
+        max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        max_queue_size=args.max_queue_size,
+        warmup=args.warmup,
+    )
+    install_error_handlers()
+    server = ModelServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=1,
+        max_threads=args.max_threads,
+        max_asyncio_workers=args.max_asyncio_workers,
+        enable_grpc=args.enable_grpc,
+        enable_docs_url=args.enable_docs_url,
+        enable_latency_logging=args.enable_latency_logging,
+        access_log_format=args.access_log_format,
+        event_loop=args.event_loop,
+        timeout_keep_alive=args.timeout_keep_alive,
+    )
+    server.register_model(model)
+    model.enable_latency_logging = args.enable_latency_logging
+
+    def load_failed(error: BaseException) -> None:
+        logger.error("loading model %s failed: %s", args.model_name, error, exc_info=error)
+        logging.shutdown()
+        os._exit(1)  # the pod restarts and its events show the error
+
+    model.load_in_background(load_failed)
+    server.start([])  # the model is registered already; it reports ready once warmed up
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

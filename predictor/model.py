@@ -1,0 +1,155 @@
+"""The KServe model: protocol in, batched task calls, protocol out.
+
+``predict`` is ``async``: it parses and validates on the event loop (cheap), then awaits the
+dynamic batcher, whose pipeline calls run on one dedicated inference thread. Loading and the
+warm-up inference run on that same thread, in the background, so the server answers liveness
+while a large model loads and reports the model ready only once it has produced an image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from kserve import Model
+from kserve.errors import InvalidInput, ModelNotReady
+from kserve.protocol.infer_type import InferRequest, InferResponse
+
+from predictor import metrics
+from predictor.batching import BatchStats, DynamicBatcher, QueueFullError
+from predictor.device import DeviceInfo
+from predictor.pipelines.base import Task
+
+logger = logging.getLogger(__name__)
+
+
+class PredictorModel(Model):
+    def __init__(
+        self,
+        name: str,
+        task: Task,
+        device: DeviceInfo,
+        *,
+        max_batch_size: int = 4,
+        batch_wait_ms: float = 5.0,
+        max_queue_size: int = 64,
+        warmup: bool = True,
+    ):
+        super().__init__(name)
+        self.task = task
+        self.device = device
+        self.warmup = warmup
+        self.labels = {"model_name": name, "device": device.kind}
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.batcher = DynamicBatcher(
+            task.run_batch,
+            task.batch_key,
+            self.executor,
+            max_batch_size=max_batch_size,
+            batch_wait_s=batch_wait_ms / 1000.0,
+            max_queue_size=max_queue_size,
+            on_batch=self._observe_batch,
+            on_depth=metrics.QUEUE_DEPTH.labels(**self.labels).set,
+        )
+        self.load_error: BaseException | None = None
+        metrics.MODEL_READY.labels(**self.labels).set(0)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def load(self) -> bool:
+        """Load and warm up (blocking). Sets ``ready`` only after a successful warm-up."""
+        started = time.monotonic()
+        self.task.load()
+        loaded = time.monotonic()
+        if self.warmup:
+            items = self.task.warmup_items()
+            self.task.run_batch(items)
+            logger.info("warm-up inference of %d item(s) took %.2fs", len(items), time.monotonic() - loaded)
+        logger.info("model %s ready on %s after %.2fs", self.name, self.device.describe(), time.monotonic() - started)
+        self.ready = True
+        metrics.MODEL_READY.labels(**self.labels).set(1)
+        return True
+
+    def load_in_background(self, on_failure: Callable[[BaseException], None]) -> Future:
+        """Load on the inference thread; ``on_failure`` decides what a failed load means (exit)."""
+
+        def done(future: Future) -> None:
+            error = future.exception()
+            if error is not None:
+                self.load_error = error
+                on_failure(error)
+
+        future = self.executor.submit(self.load)
+        future.add_done_callback(done)
+        return future
+
+    def stop(self) -> None:
+        self.ready = False
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # ---------------------------------------------------------------- metadata
+
+    def get_input_types(self) -> list[dict]:
+        return self.task.input_types()
+
+    def get_output_types(self) -> list[dict]:
+        return self.task.output_types()
+
+    # ---------------------------------------------------------------- inference
+
+    async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+        if not self.ready:
+            raise ModelNotReady(self.name, "the model is still loading")
+        try:
+            if isinstance(payload, (bytes, bytearray)):
+                payload = _json_body(payload)
+            if isinstance(payload, InferRequest):
+                return await self._predict_v2(payload)
+            if isinstance(payload, dict):
+                return await self._predict_v1(payload)
+        except InvalidInput:
+            metrics.REJECTED.labels(**self.labels, reason="invalid_input").inc()
+            raise
+        except QueueFullError:
+            metrics.REJECTED.labels(**self.labels, reason="queue_full").inc()
+            raise
+        metrics.REJECTED.labels(**self.labels, reason="invalid_input").inc()
+        raise InvalidInput(f"unsupported request body of type {type(payload).__name__}")
+
+    async def _predict_v2(self, request: InferRequest) -> InferResponse:
+        items = self.task.parse_v2(request)
+        results = await self.batcher.submit(items)
+        binary = bool(request.use_binary_outputs)
+        return InferResponse(
+            response_id=request.id or str(uuid.uuid4()),
+            model_name=self.name,
+            infer_outputs=self.task.v2_outputs(results, binary=binary),
+            from_grpc=request.from_grpc,
+            use_binary_outputs=binary,
+            requested_outputs=request.request_outputs,
+        )
+
+    async def _predict_v1(self, body: dict) -> dict:
+        items = self.task.parse_v1(body)
+        results = await self.batcher.submit(items)
+        return {"predictions": self.task.v1_predictions(results)}
+
+    def _observe_batch(self, stats: BatchStats) -> None:
+        metrics.BATCH_SIZE.labels(**self.labels).observe(stats.size)
+        metrics.PIPELINE_SECONDS.labels(**self.labels).observe(stats.seconds)
+        wait = metrics.QUEUE_WAIT_SECONDS.labels(**self.labels)
+        for seconds in stats.queue_waits:
+            wait.observe(seconds)
+
+
+def _json_body(raw: bytes) -> Any:
+    """A v1 body sent without a JSON content type arrives as bytes."""
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidInput(f"request body is not valid JSON: {error}") from None

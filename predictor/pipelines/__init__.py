@@ -1,0 +1,68 @@
+"""Pipeline registry: which task a model directory holds, and the class that serves it.
+
+Like KServe's huggingfaceserver, the task is read from the model's own config with one lookup
+table: diffusers' ``model_index.json`` ``_class_name`` or transformers' ``config.json``
+``architectures``. Tasks register themselves by name; the server only sees the registry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from predictor.pipelines.base import ServingLimits, Task
+
+# Class name in the model's config -> task. Neuron exports keep the diffusers class name.
+TASK_BY_CLASS: dict[str, str] = {
+    "StableDiffusionPipeline": "text-to-image",
+    "StableDiffusionXLPipeline": "text-to-image",
+    "StableDiffusion3Pipeline": "text-to-image",
+    "LatentConsistencyModelPipeline": "text-to-image",
+    "PixArtAlphaPipeline": "text-to-image",
+    "FluxPipeline": "text-to-image",
+    "NeuronStableDiffusionPipeline": "text-to-image",
+    "NeuronStableDiffusionXLPipeline": "text-to-image",
+}
+
+# Task name -> "module:Class"; imported only when that task is served.
+TASK_IMPLEMENTATIONS: dict[str, str] = {
+    "text-to-image": "predictor.pipelines.text_to_image:TextToImageTask",
+}
+
+
+class UnknownTaskError(ValueError):
+    pass
+
+
+def infer_task(model_dir: str | Path) -> str:
+    """Read the task from model_index.json (diffusers) or config.json (transformers)."""
+    directory = Path(model_dir)
+    index = directory / "model_index.json"
+    if index.is_file():
+        names = [json.loads(index.read_text()).get("_class_name", "")]
+    else:
+        config = directory / "config.json"
+        if not config.is_file():
+            raise UnknownTaskError(f"{directory}: neither model_index.json nor config.json found")
+        names = json.loads(config.read_text()).get("architectures") or []
+    for name in names:
+        if name in TASK_BY_CLASS:
+            return TASK_BY_CLASS[name]
+    raise UnknownTaskError(
+        f"{directory}: cannot infer the task from {names or 'an empty class list'}; pass --task "
+        f"(supported: {', '.join(sorted(TASK_IMPLEMENTATIONS))})"
+    )
+
+
+def task_class(task: str) -> Callable[..., Task]:
+    try:
+        target = TASK_IMPLEMENTATIONS[task]
+    except KeyError:
+        raise UnknownTaskError(f"task {task!r} is not supported (supported: {', '.join(sorted(TASK_IMPLEMENTATIONS))})")
+    module_name, _, class_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+__all__ = ["TASK_BY_CLASS", "TASK_IMPLEMENTATIONS", "ServingLimits", "Task", "UnknownTaskError", "infer_task", "task_class"]

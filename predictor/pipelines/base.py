@@ -1,0 +1,82 @@
+"""The contract between the model server and a task (text-to-image, and more later).
+
+The server owns protocol plumbing, batching and metrics; a task owns what its tensors mean:
+how to read a request into work items, which items can share one pipeline call, how to run a
+batch on the device, and how to write results back. Adding a task never touches the server.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kserve.protocol.infer_type import InferOutput, InferRequest
+
+from predictor.device import DeviceInfo
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """Request limits from the command line, shared by all tasks."""
+
+    max_batch_size: int = 4
+    max_height: int = 1024
+    max_width: int = 1024
+    default_height: int | None = None
+    default_width: int | None = None
+    default_steps: int = 25
+    max_steps: int = 150
+
+
+class Task(ABC):
+    """One served task. ``load`` and ``run_batch`` block and run on the inference thread."""
+
+    name: str = ""
+
+    def __init__(self, model_dir: str, device: DeviceInfo, limits: ServingLimits, options: dict[str, Any]):
+        self.model_dir = model_dir
+        self.device = device
+        self.limits = limits
+        self.options = options
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load weights onto the device (blocking)."""
+
+    @abstractmethod
+    def input_types(self) -> list[dict]:
+        """v2 metadata of the inputs, as KServe's ``get_input_types`` returns it."""
+
+    @abstractmethod
+    def output_types(self) -> list[dict]:
+        """v2 metadata of the outputs."""
+
+    @abstractmethod
+    def parse_v2(self, request: InferRequest) -> list[Any]:
+        """Work items of a v2 request; raises ``kserve.errors.InvalidInput`` naming what is wrong."""
+
+    @abstractmethod
+    def parse_v1(self, body: dict) -> list[Any]:
+        """Work items of a v1 ``{"instances": [...]}`` body."""
+
+    @abstractmethod
+    def batch_key(self, item: Any) -> Hashable:
+        """Items with equal keys may share one pipeline call."""
+
+    @abstractmethod
+    def run_batch(self, items: Sequence[Any]) -> list[Any]:
+        """Run one pipeline call for the items (blocking); one result per item, in order."""
+
+    @abstractmethod
+    def v2_outputs(self, results: Sequence[Any], binary: bool) -> list[InferOutput]:
+        """v2 output tensors for one request's results."""
+
+    @abstractmethod
+    def v1_predictions(self, results: Sequence[Any]) -> list[dict]:
+        """v1 ``predictions`` entries for one request's results."""
+
+    @abstractmethod
+    def warmup_items(self) -> list[Any]:
+        """A small synthetic request run before the model reports ready."""

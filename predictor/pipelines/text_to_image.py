@@ -1,0 +1,371 @@
+"""Text-to-image: Stable Diffusion (and other diffusers text-to-image pipelines).
+
+Wire format (KServe v2 / Open Inference Protocol):
+  inputs   ``prompt`` BYTES [N], optional ``negative_prompt`` BYTES [N]
+  params   ``num_inference_steps``, ``guidance_scale``, ``height``, ``width``, ``seed``
+  outputs  ``image`` BYTES [N], each a base64-encoded PNG
+v1: ``{"instances": [{"prompt": ..., "negative_prompt": ..., "seed": ..., ...}]}`` ->
+``{"predictions": [{"image": "<base64 png>"}]}``.
+
+The device-specific part is a backend with one method, ``generate``: diffusers on CUDA/CPU
+(this module) or optimum-neuron on Neuron (``predictor.pipelines.neuron``, imported lazily).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import random
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest
+
+from predictor.pipelines.base import Task
+
+logger = logging.getLogger(__name__)
+
+PARAMETER_NAMES = ("num_inference_steps", "guidance_scale", "height", "width", "seed")
+MAX_GUIDANCE_SCALE = 50.0
+MAX_PROMPT_CHARS = 4096
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class ImageParams:
+    """The parameters a whole pipeline call shares; equal params may be batched together."""
+
+    num_inference_steps: int
+    guidance_scale: float
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    prompt: str
+    negative_prompt: str
+    params: ImageParams
+    seed: int
+
+
+class ImageBackend(Protocol):
+    """What a device backend offers the task."""
+
+    #: (height, width) the backend was compiled for, or None when any multiple of 8 works.
+    fixed_size: tuple[int, int] | None
+    default_size: tuple[int, int]
+
+    def generate(self, prompts: list[str], negative_prompts: list[str], params: ImageParams, seeds: list[int]) -> list:
+        """Return one PIL image per prompt."""
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+def torch_dtype(name: str, device_kind: str):
+    import torch
+
+    if name == "auto":
+        name = "float16" if device_kind == "cuda" else "float32"
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+class DiffusersBackend:
+    """diffusers on CUDA or CPU, optionally compiled with torch.compile (inductor)."""
+
+    def __init__(self, model_dir: str, device_kind: str, dtype: str = "auto", compile_model: bool = False):
+        import torch
+        from diffusers import AutoPipelineForText2Image
+
+        self.device = device_kind
+        self.dtype = torch_dtype(dtype, device_kind)
+        kwargs: dict[str, Any] = {"torch_dtype": self.dtype}
+        if _has_component(model_dir, "safety_checker"):
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+        pipeline = AutoPipelineForText2Image.from_pretrained(model_dir, **kwargs)
+        pipeline = pipeline.to(device_kind)
+        pipeline.set_progress_bar_config(disable=True)
+        if compile_model:
+            denoiser_name = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
+            denoiser = getattr(pipeline, denoiser_name)
+            denoiser.to(memory_format=torch.channels_last)
+            setattr(pipeline, denoiser_name, torch.compile(denoiser, backend="inductor", mode="max-autotune-no-cudagraphs"))
+            pipeline.vae.to(memory_format=torch.channels_last)
+            pipeline.vae.decode = torch.compile(pipeline.vae.decode, backend="inductor")
+        self.pipeline = pipeline
+        scale = getattr(pipeline, "vae_scale_factor", 8)
+        sample = getattr(getattr(pipeline, "unet", None), "config", None)
+        sample_size = getattr(sample, "sample_size", None) or 64
+        if isinstance(sample_size, (list, tuple)):
+            sample_size = sample_size[0]
+        self.default_size = (int(sample_size) * scale, int(sample_size) * scale)
+        self.fixed_size = None
+
+    def generate(self, prompts, negative_prompts, params: ImageParams, seeds):
+        import torch
+
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+        with torch.inference_mode():
+            output = self.pipeline(
+                prompt=prompts,
+                negative_prompt=negative_prompts if any(negative_prompts) else None,
+                num_inference_steps=params.num_inference_steps,
+                guidance_scale=params.guidance_scale,
+                height=params.height,
+                width=params.width,
+                generator=generators,
+            )
+        return output.images
+
+
+def _has_component(model_dir: str, name: str) -> bool:
+    import json
+    from pathlib import Path
+
+    index = Path(model_dir) / "model_index.json"
+    return index.is_file() and name in json.loads(index.read_text())
+
+
+def load_backend(model_dir: str, device_kind: str, options: Mapping[str, Any]) -> ImageBackend:
+    if device_kind == "neuron":
+        from predictor.pipelines.neuron import NeuronImageBackend
+
+        return NeuronImageBackend(model_dir)
+    return DiffusersBackend(
+        model_dir, device_kind, dtype=options.get("dtype", "auto"), compile_model=bool(options.get("torch_compile"))
+    )
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+def encode_png(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _grpc_parameter_value(value: Any) -> Any:
+    """Plain value of a gRPC InferParameter (kserve's converter drops double_param)."""
+    if hasattr(value, "WhichOneof"):
+        field = value.WhichOneof("parameter_choice")
+        return getattr(value, field) if field else None
+    return value
+
+
+def _text_list(request: InferRequest, name: str, required: bool) -> list[str] | None:
+    tensor = request.get_input_by_name(name)
+    if tensor is None:
+        if required:
+            raise InvalidInput(f"input '{name}' is required (BYTES, shape [N])")
+        return None
+    if tensor.datatype != "BYTES":
+        raise InvalidInput(f"input '{name}' must have datatype BYTES, got {tensor.datatype}")
+    shape = list(tensor.shape or [])
+    if len(shape) == 2 and shape[1] == 1:
+        shape = shape[:1]
+    if len(shape) != 1:
+        raise InvalidInput(f"input '{name}' must have shape [N], got {list(tensor.shape or [])}")
+    try:
+        values = tensor.as_numpy().reshape(-1).tolist()
+    except (ValueError, TypeError) as error:
+        raise InvalidInput(f"input '{name}': data does not match shape {list(tensor.shape)}: {error}") from None
+    if len(values) != shape[0]:
+        raise InvalidInput(f"input '{name}': shape says {shape[0]} elements, data has {len(values)}")
+    texts = []
+    for value in values:
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(f"input '{name}' must hold UTF-8 text") from None
+        if not isinstance(value, str):
+            raise InvalidInput(f"input '{name}' must hold strings, got {type(value).__name__}")
+        texts.append(value)
+    return texts
+
+
+class TextToImageTask(Task):
+    name = "text-to-image"
+
+    def __init__(self, *args, backend: ImageBackend | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def load(self) -> None:
+        if self.backend is None:
+            self.backend = load_backend(self.model_dir, self.device.kind, self.options)
+        logger.info(
+            "text-to-image backend %s ready: default size %s, fixed size %s",
+            type(self.backend).__name__, self.default_size, self.backend.fixed_size,
+        )
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        if self.backend is not None and self.backend.fixed_size:
+            return self.backend.fixed_size
+        base = self.backend.default_size if self.backend is not None else (512, 512)
+        return (self.limits.default_height or base[0], self.limits.default_width or base[1])
+
+    def warmup_items(self) -> list[ImageItem]:
+        height, width = self.default_size
+        params = ImageParams(num_inference_steps=min(2, self.limits.max_steps), guidance_scale=7.5,
+                             height=height, width=width)
+        return [ImageItem(prompt="warm-up", negative_prompt="", params=params, seed=0)]
+
+    # ---------------------------------------------------------------- metadata
+
+    def input_types(self) -> list[dict]:
+        return [
+            {"name": "prompt", "datatype": "BYTES", "shape": [-1]},
+            {"name": "negative_prompt", "datatype": "BYTES", "shape": [-1], "optional": True},
+        ]
+
+    def output_types(self) -> list[dict]:
+        return [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+
+    # ---------------------------------------------------------------- decoding
+
+    def parse_v2(self, request: InferRequest) -> list[ImageItem]:
+        known = {"prompt", "negative_prompt"}
+        unknown = [tensor.name for tensor in request.inputs if tensor.name not in known]
+        if unknown:
+            raise InvalidInput(f"unknown input(s) {unknown}; expected 'prompt' and optional 'negative_prompt'")
+        prompts = _text_list(request, "prompt", required=True)
+        negatives = _text_list(request, "negative_prompt", required=False)
+        if negatives is not None and len(negatives) != len(prompts):
+            raise InvalidInput(
+                f"input 'negative_prompt' has {len(negatives)} elements; it must match 'prompt' ({len(prompts)})"
+            )
+        raw = {key: _grpc_parameter_value(value) for key, value in (request.parameters or {}).items()}
+        return self._items(prompts, negatives, raw)
+
+    def parse_v1(self, body: dict) -> list[ImageItem]:
+        instances = body.get("instances")
+        if not isinstance(instances, list) or not instances:
+            raise InvalidInput("v1 body must be {\"instances\": [{\"prompt\": ...}, ...]} with at least one instance")
+        if len(instances) > self.limits.max_batch_size:
+            raise InvalidInput(f"{len(instances)} instances exceed the batch limit of {self.limits.max_batch_size}")
+        defaults = body.get("parameters") or {}
+        if not isinstance(defaults, dict):
+            raise InvalidInput("'parameters' must be an object")
+        items: list[ImageItem] = []
+        for index, instance in enumerate(instances):
+            if isinstance(instance, str):
+                instance = {"prompt": instance}
+            if not isinstance(instance, dict):
+                raise InvalidInput(f"instances[{index}] must be an object with a 'prompt' or a string")
+            unknown = set(instance) - {"prompt", "negative_prompt", *PARAMETER_NAMES}
+            if unknown:
+                raise InvalidInput(f"instances[{index}]: unknown field(s) {sorted(unknown)}")
+            prompt = instance.get("prompt")
+            negative = instance.get("negative_prompt")
+            for field, value in (("prompt", prompt), ("negative_prompt", negative)):
+                if value is not None and not isinstance(value, str):
+                    raise InvalidInput(f"instances[{index}].{field} must be a string")
+            if prompt is None:
+                raise InvalidInput(f"instances[{index}].prompt is required")
+            params = {**defaults, **{k: v for k, v in instance.items() if k in PARAMETER_NAMES}}
+            items += self._items([prompt], None if negative is None else [negative], params, where=f"instances[{index}]")
+        return items
+
+    def _items(self, prompts, negatives, raw: Mapping[str, Any], where: str = "request") -> list[ImageItem]:
+        if not prompts:
+            raise InvalidInput("input 'prompt' is empty: give at least one prompt")
+        if len(prompts) > self.limits.max_batch_size:
+            raise InvalidInput(f"{len(prompts)} prompts exceed the batch limit of {self.limits.max_batch_size}")
+        for index, prompt in enumerate(prompts):
+            if not prompt.strip():
+                raise InvalidInput(f"{where}: prompt[{index}] is empty")
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise InvalidInput(f"{where}: prompt[{index}] is longer than {MAX_PROMPT_CHARS} characters")
+        params = self._params(raw, where)
+        seed = raw.get("seed")
+        if seed is None:
+            base_seed = random.randrange(MAX_SEED - len(prompts))
+        else:
+            base_seed = _integer(seed, "seed", where, 0, MAX_SEED - len(prompts))
+        negatives = negatives or [""] * len(prompts)
+        return [
+            ImageItem(prompt=prompt, negative_prompt=negative, params=params, seed=base_seed + index)
+            for index, (prompt, negative) in enumerate(zip(prompts, negatives, strict=True))
+        ]
+
+    def _params(self, raw: Mapping[str, Any], where: str) -> ImageParams:
+        default_height, default_width = self.default_size
+        limits = self.limits
+        steps = _integer(raw.get("num_inference_steps", limits.default_steps), "num_inference_steps", where,
+                         1, limits.max_steps)
+        guidance = _number(raw.get("guidance_scale", 7.5), "guidance_scale", where, 0.0, MAX_GUIDANCE_SCALE)
+        height = _integer(raw.get("height", default_height), "height", where, 8, limits.max_height)
+        width = _integer(raw.get("width", default_width), "width", where, 8, limits.max_width)
+        for name, value in (("height", height), ("width", width)):
+            if value % 8:
+                raise InvalidInput(f"{where}: {name} must be a multiple of 8, got {value}")
+        fixed = self.backend.fixed_size if self.backend is not None else None
+        if fixed and (height, width) != fixed:
+            raise InvalidInput(
+                f"{where}: this model was compiled for {fixed[0]}x{fixed[1]} images; got height={height}, width={width}"
+            )
+        return ImageParams(num_inference_steps=steps, guidance_scale=guidance, height=height, width=width)
+
+    # ---------------------------------------------------------------- running
+
+    def batch_key(self, item: ImageItem) -> Hashable:
+        return item.params
+
+    def run_batch(self, items: Sequence[ImageItem]) -> list[Any]:
+        params = items[0].params
+        if any(item.params != params for item in items):
+            raise ValueError("a batch must share its parameters")
+        return self.backend.generate(
+            [item.prompt for item in items],
+            [item.negative_prompt for item in items],
+            params,
+            [item.seed for item in items],
+        )
+
+    # ---------------------------------------------------------------- encoding
+
+    def v2_outputs(self, results, binary: bool) -> list[InferOutput]:
+        encoded = [encode_png(image) for image in results]
+        data = np.array([value.encode("ascii") for value in encoded], dtype=np.object_)
+        output = InferOutput(name="image", shape=[len(encoded)], datatype="BYTES")
+        output.set_data_from_numpy(data, binary_data=binary)
+        return [output]
+
+    def v1_predictions(self, results) -> list[dict]:
+        return [{"image": encode_png(image)} for image in results]
+
+
+def _integer(value: Any, name: str, where: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidInput(f"{where}: {name} must be an integer, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidInput(f"{where}: {name} must be an integer, got {value!r}") from None
+    if not number.is_integer():
+        raise InvalidInput(f"{where}: {name} must be an integer, got {value!r}")
+    if not low <= number <= high:
+        raise InvalidInput(f"{where}: {name} must be between {low} and {high}, got {int(number)}")
+    return int(number)
+
+
+def _number(value: Any, name: str, where: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidInput(f"{where}: {name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidInput(f"{where}: {name} must be a number, got {value!r}") from None
+    if not (low <= number <= high):  # also rejects NaN
+        raise InvalidInput(f"{where}: {name} must be between {low} and {high}, got {value!r}")
+    return number

@@ -1,0 +1,107 @@
+"""Config parsing: defaults, the example file, and errors that name the offending key."""
+
+from pathlib import Path
+
+import pytest
+
+from controller.config import ConfigError, ControllerConfig, Timing, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def minimal() -> dict:
+    return {
+        "namespace": "sd21",
+        "units": [
+            {"name": "sd21-inf2", "pool": "cost", "instance_type": "inf2.xlarge", "price_per_hour": 0.7582,
+             "max_throughput": 105, "latency_s": 0.67, "max_replicas": 4},
+            {"name": "sd21-g5-triton", "pool": "capacity", "instance_type": "g5.xlarge", "price_per_hour": 1.006,
+             "max_throughput": 90, "latency_s": 0.68, "max_replicas": 4},
+        ],
+        "router": {"name": "sd21-router"},
+    }
+
+
+def test_minimal_config_gets_documented_defaults():
+    cfg = parse_config(minimal())
+    assert isinstance(cfg, ControllerConfig)
+    assert cfg.router.kind == "inferencegraph" and cfg.router.namespace == "sd21"
+    assert cfg.timing == Timing()
+    assert cfg.units[0].namespace == "sd21"  # unit namespace defaults to the top-level one
+    assert cfg.units[0].min_replicas == 0 and cfg.units[0].startup_s == 300.0
+    assert cfg.prometheus is None and not cfg.prewarm.enabled
+    assert cfg.lease.enabled and cfg.lease.namespace == "sd21"
+    assert [u.name for u in cfg.cost_units] == ["sd21-inf2"]
+    assert cfg.unit("sd21-g5-triton").pool == "capacity"
+
+
+def test_example_config_loads_with_table1_numbers():
+    cfg = load_config(ROOT / "examples" / "controller.yaml")
+    by_name = {u.name: u for u in cfg.units}
+    assert set(by_name) == {"sd21-inf2", "sd21-trn1", "sd21-g5-triton", "sd21-g6-triton", "sd21-g5-cuda"}
+    assert by_name["sd21-inf2"].pool == "cost" and by_name["sd21-inf2"].price_per_hour == 0.7582
+    assert by_name["sd21-trn1"].max_throughput == 130 and by_name["sd21-g5-cuda"].latency_s == 0.92
+    assert cfg.router.name == "sd21-router"
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d["units"][1].update(price_per_hour=0), "units[1].price_per_hour: must be > 0"),
+        (lambda d: d["units"][0].update(pool="spot"), "units[0].pool: must be one of cost, capacity"),
+        (lambda d: d["units"][0].pop("max_throughput"), "units[0].max_throughput: is required"),
+        (lambda d: d["units"][0].update(max_replicas="many"), "units[0].max_replicas: must be an integer"),
+        (lambda d: d["units"][0].update(min_replicas=9), "units[0].min_replicas: must be <= max_replicas"),
+        (lambda d: d["units"][1].update(name="sd21-inf2"), "units[1].name: duplicate unit name"),
+        (lambda d: d["units"][0].update(name="Bad_Name"), "units[0].name: must be a lowercase DNS-1123 name"),
+        (lambda d: d["units"][0].update(colour="red"), "units[0].colour: unknown key"),
+        (lambda d: d.update(units=[]), "units: must be a non-empty list"),
+        (lambda d: d["units"][1].update(pool="cost"), "units: need at least one unit with pool: capacity"),
+        (lambda d: d.pop("router"), "router: is required"),
+        (lambda d: d["router"].update(kind="nginx"), "router.kind: must be one of"),
+        (lambda d: d["router"].update(action="x"), "router.action: only valid with kind: alb-ingress"),
+        (lambda d: d["units"][0].update(namespace="other"), "units[0].namespace: must equal router.namespace"),
+        (lambda d: d.update(timing={"interval_s": -1}), "timing.interval_s: must be > 0"),
+        (lambda d: d.update(timing={"max_weight_step": 0}), "timing.max_weight_step: must be >= 1"),
+        (lambda d: d.update(timing={"interval_s": 60, "signal_max_age_s": 30}), "timing.signal_max_age_s"),
+        (lambda d: d.update(timing={"fallback_hold": 3}), "timing.fallback_hold: unknown key"),
+        (lambda d: d.update(thresholds={"headroom_ratio": 0.5}), "thresholds.headroom_ratio: must be >= 1"),
+        (lambda d: d.update(prometheus={"url": "prom:9090"}), "prometheus.url: must start with http"),
+        (lambda d: d.update(prewarm={"enabled": "yes"}), "prewarm.enabled: must be true or false"),
+        (lambda d: d.update(lease={"duration_s": 5, "renew_s": 5}), "lease.renew_s: must be < duration_s"),
+        (lambda d: d.update(metrics_port=70000), "metrics_port: must be <= 65535"),
+        (lambda d: d.update(extra=1), "extra: unknown key"),
+    ],
+)
+def test_invalid_config_names_the_key(mutate, message):
+    data = minimal()
+    mutate(data)
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_alb_router_defaults_action_and_prometheus_empty_url_means_none():
+    data = minimal()
+    data["router"] = {"kind": "alb-ingress", "name": "sd21-ing"}
+    data["prometheus"] = {"url": ""}
+    cfg = parse_config(data)
+    assert cfg.router.action == "weighted-routing"
+    assert cfg.prometheus is None
+
+
+def test_load_config_reports_file_and_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("units: [\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        load_config(empty)
+    notmap = tmp_path / "list.yaml"
+    notmap.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(notmap)
