@@ -19,8 +19,12 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    parser.add_argument("--log_format", choices=("text", "json"), default=os.environ.get("LOG_FORMAT", "text"),
-                        help="Log records as text (kserve's format) or one JSON object per line.")
+    parser.add_argument(
+        "--log_format",
+        choices=("text", "json"),
+        default=os.environ.get("LOG_FORMAT", "text"),
+        help="Log records as text (kserve's format) or one JSON object per line.",
+    )
     args = parser.parse_args(argv)
 
     from predictor.logs import setup_logging
@@ -43,8 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     except (DeviceUnavailableError, ValueError) as error:
         return _fail(str(error))
     logger.info("device: %s", device.describe())
-    metrics.DEVICE_INFO.info({"kind": device.kind, "count": str(device.count), "names": ";".join(device.names),
-                              "requested": device.requested})
+    metrics.DEVICE_INFO.info(
+        {
+            "kind": device.kind,
+            "count": str(device.count),
+            "names": ";".join(device.names),
+            "requested": device.requested,
+        }
+    )
 
     if device.kind == "neuron":
         from predictor.pipelines.neuron import NeuronSDKMissingError, import_optimum_neuron
@@ -56,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
     variant = "fp16" if args.dtype == "float16" or (args.dtype == "auto" and device.kind == "cuda") else None
     try:
-        model_dir = prepare_model_dir(args.model_dir, args.model_id, args.model_revision, variant=variant,
-                                      neuron=device.kind == "neuron")
+        model_dir = prepare_model_dir(
+            args.model_dir, args.model_id, args.model_revision, variant=variant, neuron=device.kind == "neuron"
+        )
         task_name = infer_task(model_dir) if args.task == "auto" else args.task
         task_factory = task_class(task_name)
     except (ModelSourceError, UnknownTaskError) as error:

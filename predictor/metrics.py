@@ -8,14 +8,21 @@ LABELS = ("model_name", "device")
 
 DEVICE_INFO = Info("predictor_device", "Accelerator the predictor runs on")
 QUEUE_WAIT_SECONDS = Histogram(
-    "predictor_queue_wait_seconds", "Time a request waited before its batch started", LABELS,
+    "predictor_queue_wait_seconds",
+    "Time a request waited before its batch started",
+    LABELS,
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 BATCH_SIZE = Histogram(
-    "predictor_batch_size", "Items per pipeline call", LABELS, buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+    "predictor_batch_size",
+    "Items per pipeline call",
+    LABELS,
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
 )
 PIPELINE_SECONDS = Histogram(
-    "predictor_pipeline_seconds", "Duration of one pipeline call", LABELS,
+    "predictor_pipeline_seconds",
+    "Duration of one pipeline call",
+    LABELS,
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
 )
 QUEUE_DEPTH = Gauge("predictor_queue_depth", "Items waiting for a batch", LABELS)

@@ -14,7 +14,9 @@ async def _validation_error(_request, error: RequestValidationError) -> JSONResp
     for issue in error.errors()[:5]:
         where = ".".join(str(part) for part in issue.get("loc", ()) if part != "body")
         problems.append(f"{where or 'body'}: {issue.get('msg', 'invalid')}")
-    return JSONResponse(status_code=HTTPStatus.BAD_REQUEST, content={"error": "invalid request body: " + "; ".join(problems)})
+    return JSONResponse(
+        status_code=HTTPStatus.BAD_REQUEST, content={"error": "invalid request body: " + "; ".join(problems)}
+    )
 
 
 def install_error_handlers() -> None:

@@ -142,7 +142,11 @@ def hf_allow_patterns(
 
 
 def download_hf(
-    repo_id: str, destination: str | Path, revision: str | None = None, *, variant: str | None = None,
+    repo_id: str,
+    destination: str | Path,
+    revision: str | None = None,
+    *,
+    variant: str | None = None,
     neuron: bool = False,
 ) -> Path:
     from huggingface_hub import snapshot_download
@@ -170,8 +174,13 @@ def s3_client():
 
 
 def download_s3(
-    uri_location: str, destination: str | Path, *, variant: str | None = None, neuron: bool = False,
-    client=None, max_workers: int = 8,
+    uri_location: str,
+    destination: str | Path,
+    *,
+    variant: str | None = None,
+    neuron: bool = False,
+    client=None,
+    max_workers: int = 8,
 ) -> Path:
     """Download the selected files under s3://bucket/prefix into ``destination``."""
     bucket, _, prefix = uri_location.partition("/")
@@ -210,8 +219,12 @@ def download_s3(
 
 
 def prepare_model_dir(
-    model_dir: str | Path, model_id: str | None = None, revision: str | None = None, *,
-    variant: str | None = None, neuron: bool = False,
+    model_dir: str | Path,
+    model_id: str | None = None,
+    revision: str | None = None,
+    *,
+    variant: str | None = None,
+    neuron: bool = False,
 ) -> Path:
     """Return a local directory holding the model, downloading ``model_id`` into ``model_dir`` if needed."""
     directory = Path(model_dir)

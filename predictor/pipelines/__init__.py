@@ -60,9 +60,18 @@ def task_class(task: str) -> Callable[..., Task]:
     try:
         target = TASK_IMPLEMENTATIONS[task]
     except KeyError:
-        raise UnknownTaskError(f"task {task!r} is not supported (supported: {', '.join(sorted(TASK_IMPLEMENTATIONS))})")
+        supported = ", ".join(sorted(TASK_IMPLEMENTATIONS))
+        raise UnknownTaskError(f"task {task!r} is not supported (supported: {supported})") from None
     module_name, _, class_name = target.partition(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 
-__all__ = ["TASK_BY_CLASS", "TASK_IMPLEMENTATIONS", "ServingLimits", "Task", "UnknownTaskError", "infer_task", "task_class"]
+__all__ = [
+    "TASK_BY_CLASS",
+    "TASK_IMPLEMENTATIONS",
+    "ServingLimits",
+    "Task",
+    "UnknownTaskError",
+    "infer_task",
+    "task_class",
+]

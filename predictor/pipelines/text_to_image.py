@@ -94,7 +94,9 @@ class DiffusersBackend:
             denoiser_name = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
             denoiser = getattr(pipeline, denoiser_name)
             denoiser.to(memory_format=torch.channels_last)
-            setattr(pipeline, denoiser_name, torch.compile(denoiser, backend="inductor", mode="max-autotune-no-cudagraphs"))
+            setattr(
+                pipeline, denoiser_name, torch.compile(denoiser, backend="inductor", mode="max-autotune-no-cudagraphs")
+            )
             pipeline.vae.to(memory_format=torch.channels_last)
             pipeline.vae.decode = torch.compile(pipeline.vae.decode, backend="inductor")
         self.pipeline = pipeline
@@ -204,7 +206,9 @@ class TextToImageTask(Task):
             self.backend = load_backend(self.model_dir, self.device.kind, self.options)
         logger.info(
             "text-to-image backend %s ready: default size %s, fixed size %s",
-            type(self.backend).__name__, self.default_size, self.backend.fixed_size,
+            type(self.backend).__name__,
+            self.default_size,
+            self.backend.fixed_size,
         )
 
     @property
@@ -216,8 +220,9 @@ class TextToImageTask(Task):
 
     def warmup_items(self) -> list[ImageItem]:
         height, width = self.default_size
-        params = ImageParams(num_inference_steps=min(2, self.limits.max_steps), guidance_scale=7.5,
-                             height=height, width=width)
+        params = ImageParams(
+            num_inference_steps=min(2, self.limits.max_steps), guidance_scale=7.5, height=height, width=width
+        )
         return [ImageItem(prompt="warm-up", negative_prompt="", params=params, seed=0)]
 
     # ---------------------------------------------------------------- metadata
@@ -250,7 +255,7 @@ class TextToImageTask(Task):
     def parse_v1(self, body: dict) -> list[ImageItem]:
         instances = body.get("instances")
         if not isinstance(instances, list) or not instances:
-            raise InvalidInput("v1 body must be {\"instances\": [{\"prompt\": ...}, ...]} with at least one instance")
+            raise InvalidInput('v1 body must be {"instances": [{"prompt": ...}, ...]} with at least one instance')
         if len(instances) > self.limits.max_batch_size:
             raise InvalidInput(f"{len(instances)} instances exceed the batch limit of {self.limits.max_batch_size}")
         defaults = body.get("parameters") or {}
@@ -273,7 +278,9 @@ class TextToImageTask(Task):
             if prompt is None:
                 raise InvalidInput(f"instances[{index}].prompt is required")
             params = {**defaults, **{k: v for k, v in instance.items() if k in PARAMETER_NAMES}}
-            items += self._items([prompt], None if negative is None else [negative], params, where=f"instances[{index}]")
+            items += self._items(
+                [prompt], None if negative is None else [negative], params, where=f"instances[{index}]"
+            )
         return items
 
     def _items(self, prompts, negatives, raw: Mapping[str, Any], where: str = "request") -> list[ImageItem]:
@@ -301,8 +308,9 @@ class TextToImageTask(Task):
     def _params(self, raw: Mapping[str, Any], where: str) -> ImageParams:
         default_height, default_width = self.default_size
         limits = self.limits
-        steps = _integer(raw.get("num_inference_steps", limits.default_steps), "num_inference_steps", where,
-                         1, limits.max_steps)
+        steps = _integer(
+            raw.get("num_inference_steps", limits.default_steps), "num_inference_steps", where, 1, limits.max_steps
+        )
         guidance = _number(raw.get("guidance_scale", 7.5), "guidance_scale", where, 0.0, MAX_GUIDANCE_SCALE)
         height = _integer(raw.get("height", default_height), "height", where, 8, limits.max_height)
         width = _integer(raw.get("width", default_width), "width", where, 8, limits.max_width)
