@@ -17,6 +17,7 @@ import base64
 import io
 import logging
 import random
+import struct
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -175,7 +176,7 @@ def _text_list(request: InferRequest, name: str, required: bool) -> list[str] | 
         raise InvalidInput(f"input '{name}' must have shape [N], got {list(tensor.shape or [])}")
     try:
         values = tensor.as_numpy().reshape(-1).tolist()
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, struct.error) as error:
         raise InvalidInput(f"input '{name}': data does not match shape {list(tensor.shape)}: {error}") from None
     if len(values) != shape[0]:
         raise InvalidInput(f"input '{name}': shape says {shape[0]} elements, data has {len(values)}")
