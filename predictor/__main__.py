@@ -92,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     from predictor.model import PredictorModel
     from predictor.server import install_error_handlers
 
-    model = PredictorModel(
+    model_class = PredictorModel
+    if task_name == "text-generation":  # also serves the OpenAI completions and chat completions
+        from predictor.openai_model import OpenAITextGenerationModel, install_openai_routes
+
+        model_class = OpenAITextGenerationModel
+    model = model_class(
         args.model_name,
         task,
         device,
@@ -102,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
     )
     install_error_handlers()
+    if task_name == "text-generation":
+        install_openai_routes(model)
     server = ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,

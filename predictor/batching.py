@@ -30,6 +30,12 @@ class QueueFullError(ServerNotReady):
 
     def __init__(self, detail: str):
         super().__init__(detail)
+        # kserve's gRPC interceptor reads ``reason``, which ServerNotReady itself lacks.
+        self.reason = detail
+        self.error_msg = detail
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 @dataclass

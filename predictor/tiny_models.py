@@ -73,6 +73,7 @@ def build_text_classifier(output_dir: str | Path, seed: int = 0) -> Path:
         intermediate_size=37,
         max_position_embeddings=64,
         pad_token_id=0,
+        initializer_range=0.5,  # outputs that differ visibly between inputs
         **_labels(TEXT_LABELS),
     )
     BertForSequenceClassification(config).save_pretrained(output)
@@ -103,6 +104,7 @@ def build_image_classifier(output_dir: str | Path, seed: int = 0) -> Path:
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=37,
+        initializer_range=0.5,
         **_labels(IMAGE_LABELS),
     )
     ViTForImageClassification(config).save_pretrained(output)
@@ -127,7 +129,7 @@ def build_object_detector(output_dir: str | Path, seed: int = 0) -> Path:
         num_attention_heads=2,
         intermediate_size=37,
         num_detection_tokens=5,
-        initializer_range=1.0,  # spread the random boxes and scores apart
+        initializer_range=0.3,  # spread the random boxes and scores apart
         **_labels(DETECTION_LABELS),
     )
     YolosForObjectDetection(config).save_pretrained(output)
@@ -138,7 +140,7 @@ def build_object_detector(output_dir: str | Path, seed: int = 0) -> Path:
 
 def _byte_level_tokenizer():
     """A byte-level BPE tokenizer with every byte as a token (no merges) and chat specials."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -146,6 +148,10 @@ def _byte_level_tokenizer():
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
+    bos_id = len(vocab)  # the first added special token below
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{LLM_BOS} $A", pair=f"{LLM_BOS} $A {LLM_BOS} $B", special_tokens=[(LLM_BOS, bos_id)]
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=LLM_BOS,
@@ -179,9 +185,17 @@ def build_causal_lm(output_dir: str | Path, seed: int = 0) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
+        initializer_range=0.3,  # livelier greedy output than the default's repeated byte
     )
     model = LlamaForCausalLM(config)
+    # Readable output: only lowercase letters and spaces get non-zero output rows, so greedy decoding
+    # writes words (and never the end token: a request runs to max_tokens or a stop sequence).
+    readable = tokenizer.convert_tokens_to_ids([*"abcdefghijklmnopqrstuvwxyz", "Ġ"])
+    with torch.no_grad():
+        keep = torch.zeros(config.vocab_size, dtype=torch.bool)
+        keep[readable] = True
+        model.lm_head.weight[~keep] = 0.0
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -24,11 +24,71 @@ TASK_BY_CLASS: dict[str, str] = {
     "FluxPipeline": "text-to-image",
     "NeuronStableDiffusionPipeline": "text-to-image",
     "NeuronStableDiffusionXLPipeline": "text-to-image",
+    # transformers config.json ``architectures`` (optimum-neuron exports keep them too)
+    **dict.fromkeys(
+        (
+            "BertForSequenceClassification",
+            "DistilBertForSequenceClassification",
+            "RobertaForSequenceClassification",
+            "XLMRobertaForSequenceClassification",
+            "DebertaV2ForSequenceClassification",
+            "AlbertForSequenceClassification",
+            "ElectraForSequenceClassification",
+            "ModernBertForSequenceClassification",
+        ),
+        "text-classification",
+    ),
+    **dict.fromkeys(
+        (
+            "ViTForImageClassification",
+            "DeiTForImageClassification",
+            "DeiTForImageClassificationWithTeacher",
+            "BeitForImageClassification",
+            "ConvNextForImageClassification",
+            "ConvNextV2ForImageClassification",
+            "SwinForImageClassification",
+            "ResNetForImageClassification",
+            "MobileViTForImageClassification",
+            "EfficientNetForImageClassification",
+        ),
+        "image-classification",
+    ),
+    **dict.fromkeys(
+        (
+            "YolosForObjectDetection",
+            "DetrForObjectDetection",
+            "ConditionalDetrForObjectDetection",
+            "TableTransformerForObjectDetection",
+            "RTDetrForObjectDetection",
+        ),
+        "object-detection",
+    ),
+    **dict.fromkeys(
+        (
+            "LlamaForCausalLM",
+            "MistralForCausalLM",
+            "MixtralForCausalLM",
+            "Qwen2ForCausalLM",
+            "Qwen3ForCausalLM",
+            "GemmaForCausalLM",
+            "Gemma2ForCausalLM",
+            "Phi3ForCausalLM",
+            "GraniteForCausalLM",
+            "GPT2LMHeadModel",
+            "GPTNeoXForCausalLM",
+            "OPTForCausalLM",
+        ),
+        "text-generation",
+    ),
 }
 
 # Task name -> "module:Class"; imported only when that task is served.
 TASK_IMPLEMENTATIONS: dict[str, str] = {
     "text-to-image": "predictor.pipelines.text_to_image:TextToImageTask",
+    "text-classification": "predictor.pipelines.classification:TextClassificationTask",
+    "image-classification": "predictor.pipelines.classification:ImageClassificationTask",
+    "object-detection": "predictor.pipelines.detection:ObjectDetectionTask",
+    "text-generation": "predictor.pipelines.text_generation:TextGenerationTask",
 }
 
 

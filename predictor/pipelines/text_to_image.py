@@ -153,12 +153,31 @@ def encode_png(image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _grpc_parameter_value(value: Any) -> Any:
-    """Plain value of a gRPC InferParameter (kserve's converter drops double_param)."""
-    if hasattr(value, "WhichOneof"):
-        field = value.WhichOneof("parameter_choice")
-        return getattr(value, field) if field else None
-    return value
+# Field numbers of InferParameter values that kserve's proto lacks but Triton clients send
+# (the Triton proto adds double_param = 4 and uint64_param = 5).
+_FIXED64_DOUBLE_FIELD = 4
+_VARINT_UINT64_FIELD = 5
+
+
+def _grpc_parameter_value(name: str, value: Any) -> Any:
+    """Plain value of a gRPC InferParameter.
+
+    kserve's InferParameter has only bool/int64/string; a float sent by tritonclient
+    (double_param) arrives as an unknown field, which we decode instead of dropping it.
+    """
+    if not hasattr(value, "WhichOneof"):
+        return value
+    field = value.WhichOneof("parameter_choice")
+    if field:
+        return getattr(value, field)
+    from google.protobuf import unknown_fields
+
+    for unknown in unknown_fields.UnknownFieldSet(value):
+        if unknown.field_number == _FIXED64_DOUBLE_FIELD and unknown.wire_type == 1:
+            return struct.unpack("<d", struct.pack("<Q", unknown.data))[0]
+        if unknown.field_number == _VARINT_UINT64_FIELD and unknown.wire_type == 0:
+            return int(unknown.data)
+    raise InvalidInput(f"parameter '{name}' has no value this server can read; send a bool, int64 or string")
 
 
 def _text_list(request: InferRequest, name: str, required: bool) -> list[str] | None:
@@ -231,7 +250,7 @@ class TextToImageTask(Task):
     def input_types(self) -> list[dict]:
         return [
             {"name": "prompt", "datatype": "BYTES", "shape": [-1]},
-            {"name": "negative_prompt", "datatype": "BYTES", "shape": [-1], "optional": True},
+            {"name": "negative_prompt", "datatype": "BYTES", "shape": [-1]},  # optional
         ]
 
     def output_types(self) -> list[dict]:
@@ -250,7 +269,7 @@ class TextToImageTask(Task):
             raise InvalidInput(
                 f"input 'negative_prompt' has {len(negatives)} elements; it must match 'prompt' ({len(prompts)})"
             )
-        raw = {key: _grpc_parameter_value(value) for key, value in (request.parameters or {}).items()}
+        raw = {key: _grpc_parameter_value(key, value) for key, value in (request.parameters or {}).items()}
         return self._items(prompts, negatives, raw)
 
     def parse_v1(self, body: dict) -> list[ImageItem]:

@@ -1,0 +1,840 @@
+"""``python -m predictor.bench``: what serving costs, measured against the bare pipeline.
+
+One run measures, against one model (a tiny random Stable Diffusion pipeline built in a temp
+dir unless ``--model_dir`` is given):
+
+(a) latency: the diffusers pipeline called directly in this process, interleaved with the same
+    image requested over KServe v2 REST and gRPC from a server started as a subprocess; p50/p90
+    and the ratio served/direct (goal: p50 ratio <= 1.10);
+(b) throughput: closed-loop REST clients at concurrency 1/4/16 against a server with dynamic
+    batching and one without; images/s and latency percentiles;
+(c) ``/v2/models/{name}/ready`` latency while 16 long inferences are in flight (goal p99 < 50 ms).
+
+It prints tables, writes ``--out DIR/bench.json`` (and ``bench.md``, the same tables in
+Markdown) and always stops the servers it started. Performance goals are reported, never
+asserted: this is a benchmark, not a test.
+
+This process must not import kserve (nor predictor modules that do): kserve and
+``tritonclient.grpc`` clash in one process (protobuf descriptors). The servers are the real
+``python -m predictor`` in subprocesses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import io
+import json
+import os
+import platform
+import re
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_NAME = "sd"
+PROMPT = "a photo of an astronaut riding a horse on mars"
+LATENCY_RATIO_GOAL = 1.10
+READY_P99_GOAL_MS = 50.0
+CONCURRENCY_LEVELS = (1, 4, 16)
+READY_INFLIGHT = 16
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default) of a non-empty list."""
+    ordered = sorted(samples)
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * q / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summarize(seconds: list[float]) -> dict[str, float]:
+    """Milliseconds: p50, p90, p99, mean, min, max and the sample count."""
+    if not seconds:
+        return {"n": 0}
+    ms = [value * 1000.0 for value in seconds]
+    return {
+        "n": len(ms),
+        "p50_ms": round(percentile(ms, 50), 3),
+        "p90_ms": round(percentile(ms, 90), 3),
+        "p99_ms": round(percentile(ms, 99), 3),
+        "mean_ms": round(statistics.fmean(ms), 3),
+        "min_ms": round(min(ms), 3),
+        "max_ms": round(max(ms), 3),
+    }
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (all sockets stay open until every port is chosen)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass
+class ServerSpec:
+    label: str
+    max_batch_size: int
+    batch_wait_ms: float
+
+
+@dataclass
+class Server:
+    """A ``python -m predictor`` subprocess on free loopback ports."""
+
+    spec: ServerSpec
+    model_dir: str
+    device: str
+    dtype: str
+    log_path: Path
+    env: dict[str, str]
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen | None = None
+    http_port: int = 0
+    grpc_port: int = 0
+    _log_file: Any = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "predictor",
+            "--model_name",
+            MODEL_NAME,
+            "--model_dir",
+            self.model_dir,
+            "--http_port",
+            str(self.http_port),
+            "--grpc_port",
+            str(self.grpc_port),
+            "--device",
+            self.device,
+            "--dtype",
+            self.dtype,
+            "--max_batch_size",
+            str(self.spec.max_batch_size),
+            "--batch_wait_ms",
+            str(self.spec.batch_wait_ms),
+            "--max_queue_size",
+            str(max(64, 2 * READY_INFLIGHT)),
+            *self.extra_args,
+        ]
+
+    def start(self) -> None:
+        self.http_port, self.grpc_port = free_ports(2)
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            self.command(), cwd=REPO, env=self.env, stdout=self._log_file, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, timeout: float) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout
+        with requests.Session() as session:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"server {self.spec.label} exited with {self.process.returncode}:\n{self.log_tail()}"
+                    )
+                try:
+                    reply = session.get(f"{self.http}/v2/models/{MODEL_NAME}/ready", timeout=2)
+                    if reply.status_code == 200 and reply.json().get("ready"):
+                        return
+                except (requests.RequestException, ValueError):
+                    pass
+                time.sleep(0.1)
+        raise RuntimeError(f"server {self.spec.label} not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def metrics(self) -> dict[str, float]:
+        """The predictor's own Prometheus samples (``predictor_*``), summed over labels."""
+        import requests
+
+        text = requests.get(f"{self.http}/metrics", timeout=5).text
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            match = re.match(r"^(predictor_[a-z_]+)(?:\{[^}]*\})?\s+([0-9.eE+-]+)$", line)
+            if match and "_bucket" not in match.group(1):
+                values[match.group(1)] = values.get(match.group(1), 0.0) + float(match.group(2))
+        return values
+
+
+# ----------------------------------------------------------------------------- clients
+
+
+def v2_rest_body(prompt: str, steps: int, height: int, width: int, seed: int) -> dict:
+    return {
+        "inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": [prompt]}],
+        "parameters": {"num_inference_steps": steps, "height": height, "width": width, "seed": seed},
+    }
+
+
+class RestClient:
+    """v2 REST over one keep-alive connection (one client per thread)."""
+
+    def __init__(self, base_url: str):
+        import requests
+
+        self.session = requests.Session()
+        self.url = f"{base_url}/v2/models/{MODEL_NAME}/infer"
+
+    def infer(self, steps: int, height: int, width: int, seed: int) -> None:
+        reply = self.session.post(self.url, json=v2_rest_body(PROMPT, steps, height, width, seed), timeout=600)
+        if reply.status_code != 200:
+            raise RuntimeError(f"REST infer: HTTP {reply.status_code}: {reply.text[:300]}")
+        outputs = reply.json()["outputs"]
+        if outputs[0]["name"] != "image" or len(outputs[0]["data"]) != 1:
+            raise RuntimeError(f"REST infer: unexpected outputs {str(outputs)[:300]}")
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class GrpcClient:
+    """v2 gRPC through tritonclient (never imported alongside kserve)."""
+
+    def __init__(self, target: str):
+        import numpy as np
+        import tritonclient.grpc as grpcclient
+
+        self._grpc = grpcclient
+        self.client = grpcclient.InferenceServerClient(url=target)
+        self.prompt = np.array([PROMPT.encode()], dtype=np.object_)
+
+    def infer(self, steps: int, height: int, width: int, seed: int) -> None:
+        tensor = self._grpc.InferInput("prompt", [1], "BYTES")
+        tensor.set_data_from_numpy(self.prompt)
+        result = self.client.infer(
+            MODEL_NAME,
+            [tensor],
+            outputs=[self._grpc.InferRequestedOutput("image")],
+            parameters={"num_inference_steps": steps, "height": height, "width": width, "seed": seed},
+            client_timeout=600,
+        )
+        images = result.as_numpy("image")
+        if images is None or images.shape[0] != 1:
+            raise RuntimeError("gRPC infer: no image in the response")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class DirectPipeline:
+    """The diffusers pipeline loaded and called as the server's DiffusersBackend does."""
+
+    def __init__(self, model_dir: str, device: str, dtype: str):
+        import torch
+        from diffusers import AutoPipelineForText2Image
+
+        self._torch = torch
+        kwargs: dict[str, Any] = {"torch_dtype": torch_dtype(dtype, device)}
+        index = Path(model_dir) / "model_index.json"
+        if index.is_file() and "safety_checker" in json.loads(index.read_text()):
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+        pipeline = AutoPipelineForText2Image.from_pretrained(model_dir, **kwargs)
+        pipeline = pipeline.to(device)
+        pipeline.set_progress_bar_config(disable=True)
+        self.pipeline = pipeline
+        self.last_image = None
+
+    def infer(self, steps: int, height: int, width: int, seed: int) -> None:
+        torch = self._torch
+        generators = [torch.Generator(device="cpu").manual_seed(seed)]
+        with torch.inference_mode():
+            output = self.pipeline(
+                prompt=[PROMPT],
+                negative_prompt=None,
+                num_inference_steps=steps,
+                guidance_scale=7.5,
+                height=height,
+                width=width,
+                generator=generators,
+            )
+        self.last_image = output.images[0]
+
+    def encode_last(self) -> str:
+        """PNG + base64, as the server encodes each image (timed apart from the pipeline call)."""
+        buffer = io.BytesIO()
+        self.last_image.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def torch_dtype(name: str, device: str):
+    """Same rule as the server: 'auto' is float16 on CUDA and float32 elsewhere."""
+    import torch
+
+    if name == "auto":
+        name = "float16" if device == "cuda" else "float32"
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+# ----------------------------------------------------------------------------- (a) latency
+
+
+def measure_latency(
+    calls: dict[str, Callable[[int], None]], repeats: int, warmup: int, gap_s: float, on_direct: Callable[[], None]
+) -> dict[str, list[float]]:
+    """Interleave the calls: every round runs each once, in an order rotated round by round.
+
+    ``gap_s`` of idle time before each call lets the previous caller's OpenMP workers stop
+    spinning, so no call pays for the one before it.
+    """
+    names = list(calls)
+    for round_index in range(warmup):
+        for name in names:
+            calls[name](round_index)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            time.sleep(gap_s)
+            started = time.perf_counter()
+            calls[name](round_index)
+            samples[name].append(time.perf_counter() - started)
+            if name == "direct":
+                on_direct()
+    return samples
+
+
+# ----------------------------------------------------------------------------- (b) throughput
+
+
+def closed_loop(make_client: Callable[[], Any], concurrency: int, total: int, infer_args: dict) -> dict:
+    """``concurrency`` clients, each sending its next request when the last returns, ``total`` in all."""
+    lock = threading.Lock()
+    issued = 0
+    latencies: list[float] = []
+    errors: list[str] = []
+    clients = [make_client() for _ in range(concurrency)]
+    barrier = threading.Barrier(concurrency + 1)
+
+    def worker(client) -> None:
+        nonlocal issued
+        barrier.wait()
+        while True:
+            with lock:
+                if issued >= total or errors:
+                    return
+                issued += 1
+                seed = issued
+            started = time.perf_counter()
+            try:
+                client.infer(seed=seed, **infer_args)
+            except Exception as error:  # noqa: BLE001 - reported, ends the level
+                with lock:
+                    errors.append(repr(error))
+                return
+            with lock:
+                latencies.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=worker, args=(client,), daemon=True) for client in clients]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    for client in clients:
+        client.close()
+    if errors:
+        raise RuntimeError(f"closed loop at concurrency {concurrency}: {errors[0]}")
+    result = summarize(latencies)
+    result.update(
+        concurrency=concurrency,
+        requests=len(latencies),
+        wall_s=round(wall, 3),
+        images_per_s=round(len(latencies) / wall, 3),
+    )
+    return result
+
+
+# ----------------------------------------------------------------------------- (c) ready under load
+
+
+def ready_under_load(server: Server, inflight: int, duration_s: float, interval_s: float, infer_args: dict) -> dict:
+    """Keep ``inflight`` inferences in flight (closed loop) and poll the model's ready endpoint."""
+    import requests
+
+    stop = threading.Event()
+    completed = 0
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def worker(index: int) -> None:
+        nonlocal completed
+        client = RestClient(server.http)
+        seed = index * 100_000
+        try:
+            while not stop.is_set():
+                seed += 1
+                client.infer(seed=seed, **infer_args)
+                with lock:
+                    completed += 1
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(repr(error))
+        finally:
+            client.close()
+
+    before = server.metrics()
+    workers = [threading.Thread(target=worker, args=(index,), daemon=True) for index in range(inflight)]
+    for thread in workers:
+        thread.start()
+    time.sleep(min(1.0, duration_s / 4))  # let every request reach the server
+    latencies: list[float] = []
+    failures = 0
+    depths: list[float] = []
+    with requests.Session() as session:
+        url = f"{server.http}/v2/models/{MODEL_NAME}/ready"
+        session.get(url, timeout=5)  # opens the keep-alive connection
+        deadline = time.perf_counter() + duration_s
+        next_depth_check = time.perf_counter() + duration_s / 2
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                reply = session.get(url, timeout=10)
+                ok = reply.status_code == 200 and reply.json().get("ready") is True
+            except requests.RequestException:
+                ok = False
+            elapsed = time.perf_counter() - started
+            if ok:
+                latencies.append(elapsed)
+            else:
+                failures += 1
+            if started >= next_depth_check:
+                depths.append(server.metrics().get("predictor_queue_depth", 0.0))
+                next_depth_check = deadline + 1
+            time.sleep(max(0.0, interval_s - (time.perf_counter() - started)))
+    with lock:
+        completed_in_window = completed
+    stop.set()
+    for thread in workers:
+        thread.join(timeout=600)
+    if errors:
+        raise RuntimeError(f"inferences during the ready poll failed: {errors[0]}")
+    after = server.metrics()
+    result = summarize(latencies)
+    result.update(
+        inflight=inflight,
+        steps=infer_args["steps"],
+        duration_s=duration_s,
+        poll_interval_ms=interval_s * 1000,
+        failures=failures,
+        inferences_completed=completed_in_window,
+        queue_depth_midway=depths[0] if depths else None,
+        batches=after.get("predictor_batch_size_count", 0) - before.get("predictor_batch_size_count", 0),
+    )
+    return result
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_tables(report: dict) -> str:
+    lines: list[str] = []
+    meta = report["meta"]
+    lines.append(
+        f"Model: {meta['model']}; device {meta['device']} ({meta['device_name']}); dtype {meta['dtype']}; "
+        f"{meta['height']}x{meta['width']}, {meta['steps']} steps; torch {meta['torch']}, "
+        f"{meta['torch_threads']} intra-op thread(s) in both processes; {meta['cpu']}."
+    )
+    if "latency" in report:
+        lat = report["latency"]
+        lines += [
+            "",
+            f"(a) Latency, interleaved, {lat['repeats']} rounds (ms; ratio = served / direct)",
+            "",
+            "| path | p50 | p90 | mean | p50 ratio | p90 ratio |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name, stats in lat["samples"].items():
+            ratio = lat["ratio_p50"].get(name)
+            ratio90 = lat["ratio_p90"].get(name)
+            lines.append(
+                f"| {lat['labels'][name]} | {_fmt(stats['p50_ms'])} | {_fmt(stats['p90_ms'])} | "
+                f"{_fmt(stats['mean_ms'])} | {_fmt(ratio, 3) if ratio else '1'} | "
+                f"{_fmt(ratio90, 3) if ratio90 else '1'} |"
+            )
+        server_mean = lat.get("server_pipeline_mean_ms")
+        lines += [
+            "",
+            f"PNG+base64 encode of one image (in the bench process): p50 {_fmt(lat['encode']['p50_ms'], 2)} ms. "
+            f"Mean pipeline call inside the no-batching server during (a): {_fmt(server_mean)} ms "
+            f"(direct mean {_fmt(lat['samples']['direct']['mean_ms'])} ms).",
+            f"Goal p50 ratio <= {LATENCY_RATIO_GOAL}: REST {_met(lat['goal_met']['rest'])}, "
+            f"gRPC {_met(lat['goal_met']['grpc'])}.",
+        ]
+    if "throughput" in report:
+        tp = report["throughput"]
+        lines += [
+            "",
+            f"(b) Throughput, closed loop over REST, {tp['requests_per_level']} requests per level",
+            "",
+            "| server | concurrency | images/s | p50 ms | p90 ms | mean batch |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for label, levels in tp["servers"].items():
+            for level in levels:
+                lines.append(
+                    f"| {label} | {level['concurrency']} | {_fmt(level['images_per_s'], 2)} | "
+                    f"{_fmt(level['p50_ms'])} | {_fmt(level['p90_ms'])} | {_fmt(level.get('mean_batch_size'), 2)} |"
+                )
+    if "ready" in report:
+        ready = report["ready"]
+        lines += [
+            "",
+            f"(c) `/v2/models/{MODEL_NAME}/ready` latency with {READY_INFLIGHT} inferences in flight "
+            f"({ready['steps']} steps each), polled every {_fmt(ready['poll_interval_ms'], 0)} ms",
+            "",
+            "| server | polls | p50 ms | p99 ms | max ms | failures | images done | queue depth midway |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for label, stats in ready["servers"].items():
+            lines.append(
+                f"| {label} | {stats['n']} | {_fmt(stats.get('p50_ms'), 2)} | {_fmt(stats.get('p99_ms'), 2)} | "
+                f"{_fmt(stats.get('max_ms'), 2)} | {stats['failures']} | {stats['inferences_completed']} | "
+                f"{_fmt(stats['queue_depth_midway'], 0)} |"
+            )
+        lines.append(f"Goal p99 < {READY_P99_GOAL_MS:.0f} ms: {_met(ready['goal_met'])}.")
+    return "\n".join(lines) + "\n"
+
+
+def _met(value: bool | None) -> str:
+    return "n/a" if value is None else ("met" if value else "NOT met")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m predictor.bench", description=__doc__.splitlines()[0].split(": ", 1)[-1]
+    )
+    parser.add_argument("--model_dir", default=None, help="Model to serve; default: build the tiny random SD model.")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto")
+    parser.add_argument("--height", type=int, default=64)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=2, help="num_inference_steps for (a) and (b).")
+    parser.add_argument("--repeats", type=int, default=40, help="Interleaved rounds in (a).")
+    parser.add_argument("--requests", type=int, default=96, help="Requests per concurrency level in (b).")
+    parser.add_argument("--ready_steps", type=int, default=20, help="Steps of each in-flight inference in (c).")
+    parser.add_argument("--ready_seconds", type=float, default=6.0, help="How long (c) polls.")
+    parser.add_argument("--gap_ms", type=float, default=30.0, help="Idle time before each call in (a).")
+    parser.add_argument("--batch_size", type=int, default=8, help="--max_batch_size of the batching server.")
+    parser.add_argument("--batch_wait_ms", type=float, default=10.0, help="--batch_wait_ms of the batching server.")
+    parser.add_argument(
+        "--torch_threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads in this process and the servers (OMP_NUM_THREADS); 0: torch's default here.",
+    )
+    parser.add_argument("--parts", default="a,b,c", help="Which measurements to run, e.g. 'a' or 'a,c'.")
+    parser.add_argument("--quick", action="store_true", help="Tiny counts: a smoke run, not a measurement.")
+    parser.add_argument("--out", default=None, help="Directory for bench.json, bench.md and the server logs.")
+    parser.add_argument(
+        "--server_args", default="", help="Extra arguments for both servers, one string (e.g. for experiments)."
+    )
+    parser.add_argument(
+        "--server_env", action="append", default=[], metavar="KEY=VALUE", help="Extra environment for both servers."
+    )
+    parser.add_argument("--startup_timeout", type=float, default=300.0, help="Seconds to wait for a server.")
+    return parser
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("predictor.bench: --device cuda but torch.cuda.is_available() is False")
+    return requested
+
+
+def _install_signal_cleanup() -> None:
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> dict:
+    parts = {part.strip() for part in args.parts.split(",") if part.strip()}
+    if not parts <= {"a", "b", "c"}:
+        raise SystemExit(f"predictor.bench: --parts takes a, b and c, got {args.parts!r}")
+    if args.quick:
+        args.repeats = min(args.repeats, 3)
+        args.requests = min(args.requests, 16)
+        args.ready_steps = min(args.ready_steps, 2)
+        args.ready_seconds = min(args.ready_seconds, 0.5)
+    started_at = time.time()
+
+    import torch
+
+    device = resolve_device(args.device)
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+    threads = torch.get_num_threads()
+
+    with ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="predictor-bench-")))
+        out_dir = Path(args.out) if args.out else scratch
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if args.model_dir:
+            model_dir, model_label = str(Path(args.model_dir).resolve()), args.model_dir
+        else:
+            from predictor.tiny import build_tiny_sd
+
+            model_dir, model_label = str(build_tiny_sd(scratch / "tiny-sd")), "tiny random SD (predictor.tiny)"
+
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        for item in args.server_env:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise SystemExit(f"predictor.bench: --server_env takes KEY=VALUE, got {item!r}")
+            env[key] = value
+        extra = shlex.split(args.server_args)
+        specs = {
+            "batching": ServerSpec(
+                f"batching (max_batch_size {args.batch_size}, batch_wait_ms {args.batch_wait_ms:g})",
+                args.batch_size,
+                args.batch_wait_ms,
+            ),
+            "no_batching": ServerSpec("no batching (max_batch_size 1)", 1, 0.0),
+        }
+        servers: dict[str, Server] = {}
+        for key, spec in specs.items():
+            server = Server(spec, model_dir, device, args.dtype, out_dir / f"server-{key}.log", env, extra)
+            stack.callback(server.stop)
+            atexit.register(server.stop)
+            servers[key] = server
+            server.start()
+            print(f"started {spec.label}: pid {server.process.pid}, http {server.http}, grpc {server.grpc}", flush=True)
+
+        direct = DirectPipeline(model_dir, device, args.dtype) if "a" in parts else None
+        for server in servers.values():
+            server.wait_ready(args.startup_timeout)
+        print(f"servers ready after {time.time() - started_at:.1f}s", flush=True)
+
+        image = {"steps": args.steps, "height": args.height, "width": args.width}
+        report: dict[str, Any] = {
+            "meta": {
+                "command": " ".join(["python -m predictor.bench", shlex.join(argv)]).strip(),
+                "model": model_label,
+                "device": device,
+                "device_name": _device_name(device),
+                "dtype": str(torch_dtype(args.dtype, device)).removeprefix("torch."),
+                "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                "torch": torch.__version__,
+                "torch_threads": threads,
+                "python": platform.python_version(),
+                "servers": {key: server.command()[2:] for key, server in servers.items()},
+                "server_env": args.server_env,
+                "quick": args.quick,
+                **image,
+            }
+        }
+
+        if "a" in parts:
+            print("(a) latency: direct vs REST vs gRPC, interleaved ...", flush=True)
+            no_batch, batch = servers["no_batching"], servers["batching"]
+            rest, grpc, rest_batch = RestClient(no_batch.http), GrpcClient(no_batch.grpc), RestClient(batch.http)
+            encode_times: list[float] = []
+
+            def time_encode() -> None:
+                started = time.perf_counter()
+                direct.encode_last()
+                encode_times.append(time.perf_counter() - started)
+
+            calls = {
+                "direct": lambda i: direct.infer(seed=1, **image),
+                "rest": lambda i: rest.infer(seed=1, **image),
+                "grpc": lambda i: grpc.infer(seed=1, **image),
+                "rest_batching": lambda i: rest_batch.infer(seed=1, **image),
+            }
+            before = no_batch.metrics()
+            samples = measure_latency(calls, args.repeats, 2 if args.quick else 3, args.gap_ms / 1000, time_encode)
+            after = no_batch.metrics()
+            for client in (rest, grpc, rest_batch):
+                client.close()
+            stats = {name: summarize(values) for name, values in samples.items()}
+            base50, base90 = stats["direct"]["p50_ms"], stats["direct"]["p90_ms"]
+            ratio50 = {name: round(s["p50_ms"] / base50, 3) for name, s in stats.items() if name != "direct"}
+            ratio90 = {name: round(s["p90_ms"] / base90, 3) for name, s in stats.items() if name != "direct"}
+            calls_in_server = after.get("predictor_pipeline_seconds_count", 0) - before.get(
+                "predictor_pipeline_seconds_count", 0
+            )
+            seconds_in_server = after.get("predictor_pipeline_seconds_sum", 0) - before.get(
+                "predictor_pipeline_seconds_sum", 0
+            )
+            report["latency"] = {
+                "repeats": args.repeats,
+                "gap_ms": args.gap_ms,
+                "labels": {
+                    "direct": "direct pipeline call (this process)",
+                    "rest": "v2 REST, no-batching server",
+                    "grpc": "v2 gRPC, no-batching server",
+                    "rest_batching": f"v2 REST, batching server (waits up to {args.batch_wait_ms:g} ms)",
+                },
+                "samples": stats,
+                "ratio_p50": ratio50,
+                "ratio_p90": ratio90,
+                "encode": summarize(encode_times),
+                "server_pipeline_mean_ms": round(1000 * seconds_in_server / calls_in_server, 3)
+                if calls_in_server
+                else None,
+                "goal_ratio_p50": LATENCY_RATIO_GOAL,
+                "goal_met": {name: ratio50[name] <= LATENCY_RATIO_GOAL for name in ("rest", "grpc")},
+            }
+            del direct
+            _print_section(report, "latency")
+
+        if "b" in parts:
+            print("(b) throughput: closed loop over REST ...", flush=True)
+            results: dict[str, list[dict]] = {}
+            for key in ("batching", "no_batching"):
+                server = servers[key]
+                levels = []
+                for concurrency in CONCURRENCY_LEVELS:
+                    closed_loop(lambda s=server: RestClient(s.http), concurrency, concurrency, image)  # warm-up
+                    before = server.metrics()
+                    level = closed_loop(lambda s=server: RestClient(s.http), concurrency, args.requests, image)
+                    after = server.metrics()
+                    batches = after.get("predictor_batch_size_count", 0) - before.get("predictor_batch_size_count", 0)
+                    items = after.get("predictor_batch_size_sum", 0) - before.get("predictor_batch_size_sum", 0)
+                    level["mean_batch_size"] = round(items / batches, 2) if batches else None
+                    levels.append(level)
+                    print(
+                        f"  {key:<12} c={concurrency:<3} {level['images_per_s']:8.2f} img/s  "
+                        f"p50 {level['p50_ms']:8.1f} ms  batch {level['mean_batch_size']}",
+                        flush=True,
+                    )
+                results[specs[key].label] = levels
+            report["throughput"] = {"requests_per_level": args.requests, "servers": results}
+
+        if "c" in parts:
+            print(f"(c) ready latency with {READY_INFLIGHT} inferences in flight ...", flush=True)
+            load = {**image, "steps": args.ready_steps}
+            ready_results = {}
+            for key in ("batching", "no_batching"):
+                ready_results[specs[key].label] = ready_under_load(
+                    servers[key], READY_INFLIGHT, args.ready_seconds, 0.01, load
+                )
+            p99s = [r["p99_ms"] for r in ready_results.values() if r.get("n")]
+            report["ready"] = {
+                "steps": args.ready_steps,
+                "poll_interval_ms": 10.0,
+                "servers": ready_results,
+                "goal_p99_ms": READY_P99_GOAL_MS,
+                "goal_met": (max(p99s) < READY_P99_GOAL_MS) if p99s else None,
+            }
+
+        report["meta"]["duration_s"] = round(time.time() - started_at, 1)
+        if "kserve" in sys.modules:  # would break tritonclient.grpc in this process
+            raise RuntimeError("predictor.bench imported kserve")
+
+        markdown = markdown_tables(report)
+        print()
+        print(markdown)
+        if args.out:
+            (out_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+            (out_dir / "bench.md").write_text(f"`{report['meta']['command']}`\n\n" + markdown)
+            print(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}")
+        return report
+
+
+def _print_section(report: dict, key: str) -> None:
+    lat = report[key]
+    for name, stats in lat["samples"].items():
+        ratio = lat["ratio_p50"].get(name)
+        print(
+            f"  {name:<14} p50 {stats['p50_ms']:8.2f} ms  p90 {stats['p90_ms']:8.2f} ms"
+            + (f"  ratio p50 {ratio:.3f}" if ratio else ""),
+            flush=True,
+        )
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    _install_signal_cleanup()
+    run(args, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,493 @@
+"""Text generation: causal LMs (Llama, Mistral, ...) with transformers on CUDA/CPU, optimum-neuron on Neuron.
+
+Wire format (KServe v2 / Open Inference Protocol):
+  input    ``text_input`` BYTES [N] (UTF-8 prompts, sent as they are: no chat template)
+  params   ``max_tokens`` (1..the context left after the prompt), ``temperature`` (0..2, 0 = greedy),
+           ``top_p`` (0 < p <= 1), ``stop`` (a string; a list of up to 4 strings in JSON), ``seed``
+  outputs  ``text_output`` BYTES [N], ``finish_reason`` BYTES [N] ("stop" or "length")
+v1: ``{"instances": ["prompt", {"prompt": ...}], "parameters": {...}}`` ->
+``{"predictions": [{"text": ..., "finish_reason": ...}]}``.
+The OpenAI-compatible completions and chat completions (with streaming) are in
+``predictor.openai_model``; they build the same work items, so all three share one batcher.
+
+Batching: items with the same sampling parameters (temperature, top_p, seed) share one
+``generate`` call with left-padded prompts; each row keeps its own ``max_tokens`` and stop
+sequences, tracked per step by a stopping criterion that also streams text deltas. A row that
+is done stops early (padding only) while the others go on.
+
+Omitted ``temperature``/``top_p`` take the model's ``generation_config`` values when it samples
+by default, and greedy decoding when it does not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest
+
+from predictor.pipelines import tensors
+from predictor.pipelines.base import Task
+
+logger = logging.getLogger(__name__)
+
+PARAMETER_NAMES = ("max_tokens", "temperature", "top_p", "stop", "seed")
+MAX_PROMPT_CHARS = 200_000
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 256
+MAX_SEED = 2**63 - 1
+DEFAULT_MAX_TOKENS = int(os.environ.get("PREDICTOR_DEFAULT_MAX_TOKENS", "256"))
+MAX_TOKENS_LIMIT = int(os.environ.get("PREDICTOR_MAX_TOKENS", "4096"))
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What one ``generate`` call shares; equal params may be batched together."""
+
+    temperature: float  # 0: greedy
+    top_p: float
+    seed: int | None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(eq=False)
+class GenerateItem:
+    input_ids: tuple[int, ...]
+    max_tokens: int
+    stop: tuple[str, ...]
+    sampling: SamplingParams
+    #: Called on the inference thread with each new piece of text (streaming); None otherwise.
+    sink: Callable[[str], None] | None = None
+    #: Set by a streaming client that went away; its row stops at the next step.
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class CausalLMBackend(Protocol):
+    """What a device backend offers the task."""
+
+    tokenizer: Any  # for the event loop: templates and encoding
+    decoder: Any  # a second tokenizer for the inference thread (fast tokenizers are not thread-safe)
+    context_length: int
+    generation_defaults: Mapping[str, Any]  # do_sample, temperature, top_p from generation_config
+    eos_token_ids: frozenset[int]
+
+    def generate(self, rows: list[list[int]], max_new_tokens: int, sampling: SamplingParams, criteria) -> Any:
+        """Run generation on token-id rows; ``criteria(chunk_rows)`` returns the stopping criterion for a chunk."""
+
+
+# ----------------------------------------------------------------------------- per-row tracking
+
+
+@dataclass
+class RowState:
+    """The progress of one item during a ``generate`` call."""
+
+    item: GenerateItem
+    decoder: Any
+    eos_token_ids: frozenset[int]
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0  # characters of ``text`` handed to the sink
+    finish_reason: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def add(self, token: int) -> None:
+        if self.done:
+            return
+        if self.item.cancelled:
+            self.finish_reason = "cancelled"
+            return
+        if token in self.eos_token_ids:
+            self._finish("stop", len(self.text))
+            return
+        self.tokens.append(token)
+        self.text = self.decoder.decode(self.tokens, skip_special_tokens=True)
+        cut = self._stop_at()
+        if cut is not None:
+            self._finish("stop", cut)
+        elif len(self.tokens) >= self.item.max_tokens:
+            self._finish("length", len(self.text))
+        else:
+            self._emit(self._safe_end())
+
+    def close(self) -> None:
+        """Generation ended (batch length or context reached) before the row finished."""
+        if not self.done:
+            self._finish("length", len(self.text))
+
+    def result(self) -> Generation:
+        return Generation(self.text, self.finish_reason or "length", len(self.item.input_ids), len(self.tokens))
+
+    def _stop_at(self) -> int | None:
+        hits = [index for index in (self.text.find(stop) for stop in self.item.stop) if index >= 0]
+        return min(hits) if hits else None
+
+    def _safe_end(self) -> int:
+        """Text that can be streamed now: not a possible start of a stop sequence, no partial character."""
+        end = len(self.text)
+        while end > self.emitted and self.text[end - 1] == "\ufffd":
+            end -= 1
+        for stop in self.item.stop:
+            for size in range(min(len(stop) - 1, end), 0, -1):
+                if self.text[end - size : end] == stop[:size]:
+                    end -= size
+                    break
+        return end
+
+    def _finish(self, reason: str, end: int) -> None:
+        self.text = self.text[:end]
+        self._emit(end)
+        self.finish_reason = reason
+
+    def _emit(self, end: int) -> None:
+        if end > self.emitted and self.item.sink is not None:
+            self.item.sink(self.text[self.emitted : end])
+        self.emitted = max(self.emitted, end)
+
+
+def row_criteria(rows: Sequence[RowState | None]):
+    """A transformers stopping criterion over a chunk: reads each step's new tokens, says which rows are done.
+
+    ``None`` rows pad a static-shape batch (Neuron); they are always done. Works for any
+    ``generate`` loop that calls its stopping criteria once per new token.
+    """
+    import torch
+    from transformers import StoppingCriteria
+
+    class _RowCriteria(StoppingCriteria):
+        def __call__(self, input_ids, scores=None, **kwargs):
+            last = input_ids[:, -1].tolist()
+            for row, token in zip(rows, last, strict=False):
+                if row is not None:
+                    row.add(int(token))
+            done = [row is None or row.done for row in rows]
+            done += [True] * (input_ids.shape[0] - len(done))
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    criteria = _RowCriteria()
+    criteria.rows = rows
+    return criteria
+
+
+def catch_up(rows: Sequence[RowState | None], sequences, prompt_width: int) -> None:
+    """Feed tokens a backend produced without calling the criterion every step (after ``generate``)."""
+    for index, row in enumerate(rows):
+        if row is None or row.done:
+            continue
+        generated = sequences[index][prompt_width:].tolist()
+        for token in generated[len(row.tokens) :]:
+            row.add(int(token))
+            if row.done:
+                break
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int):
+    """input_ids and attention_mask tensors of left-padded rows (decoder-only models continue on the right)."""
+    import torch
+
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        if row:
+            ids[index, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+            mask[index, width - len(row) :] = 1
+    return ids, mask
+
+
+def generation_config_for(base, max_new_tokens: int, sampling: SamplingParams, pad_id: int):
+    import copy
+
+    config = copy.deepcopy(base)
+    config.max_new_tokens = max_new_tokens
+    config.max_length = None
+    config.pad_token_id = pad_id
+    config.num_return_sequences = 1
+    config.num_beams = 1
+    if sampling.greedy:
+        config.do_sample = False
+        config.temperature = None
+        config.top_p = None
+        config.top_k = None
+    else:
+        config.do_sample = True
+        config.temperature = sampling.temperature
+        config.top_p = sampling.top_p
+    return config
+
+
+def _eos_ids(*sources) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in sources:
+        if source is None:
+            continue
+        ids.update([source] if isinstance(source, int) else list(source))
+    return frozenset(ids)
+
+
+def _defaults(generation_config) -> dict[str, Any]:
+    do_sample = bool(getattr(generation_config, "do_sample", False))
+    return {
+        "do_sample": do_sample,
+        "temperature": float(getattr(generation_config, "temperature", None) or 1.0),
+        "top_p": float(getattr(generation_config, "top_p", None) or 1.0),
+    }
+
+
+def _dtype(name: str, device_kind: str):
+    import torch
+
+    if name == "auto":
+        if device_kind == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+class TransformersLMBackend:
+    """transformers ``AutoModelForCausalLM`` on CUDA or CPU."""
+
+    def __init__(self, model_dir: str, device_kind: str, dtype: str = "auto"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = device_kind
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.decoder = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_dtype(dtype, device_kind)).to(device_kind)
+        self.model.eval()
+        config = self.model.config
+        self.context_length = int(getattr(config, "max_position_embeddings", None) or 2048)
+        self.generation_config = self.model.generation_config
+        self.generation_defaults = _defaults(self.generation_config)
+        self.eos_token_ids = _eos_ids(self.generation_config.eos_token_id, self.tokenizer.eos_token_id)
+        self.pad_id = _pad_id(self.tokenizer, self.eos_token_ids)
+
+    def generate(self, rows, max_new_tokens, sampling, criteria):
+        import torch
+        from transformers import StoppingCriteriaList
+
+        ids, mask = left_pad(rows, self.pad_id)
+        chunk_criteria = criteria(list(range(len(rows))))
+        config = generation_config_for(self.generation_config, max_new_tokens, sampling, self.pad_id)
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        with torch.inference_mode():
+            output = self.model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                generation_config=config,
+                stopping_criteria=StoppingCriteriaList([chunk_criteria]),
+            )
+        catch_up(chunk_criteria.rows, output.cpu(), ids.shape[1])
+
+
+def _pad_id(tokenizer, eos_ids: frozenset[int]) -> int:
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return min(eos_ids) if eos_ids else 0
+
+
+def load_backend(model_dir: str, device_kind: str, options: Mapping[str, Any]) -> CausalLMBackend:
+    if device_kind == "neuron":
+        from predictor.pipelines.neuron_transformers import NeuronCausalLMBackend
+
+        return NeuronCausalLMBackend(model_dir)
+    return TransformersLMBackend(model_dir, device_kind, dtype=options.get("dtype", "auto"))
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+class TextGenerationTask(Task):
+    name = "text-generation"
+
+    def __init__(self, *args, backend: CausalLMBackend | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def load(self) -> None:
+        if self.backend is None:
+            self.backend = load_backend(self.model_dir, self.device.kind, self.options)
+        logger.info(
+            "text-generation backend %s ready: context %d tokens, chat template %s",
+            type(self.backend).__name__,
+            self.backend.context_length,
+            "yes" if self.has_chat_template else "no",
+        )
+
+    def warmup_items(self) -> list[GenerateItem]:
+        return self.items(["warm-up"], {"max_tokens": 2, "temperature": 0})
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.backend.tokenizer, "chat_template", None))
+
+    # ---------------------------------------------------------------- metadata
+
+    def input_types(self) -> list[dict]:
+        return [{"name": "text_input", "datatype": "BYTES", "shape": [-1]}]
+
+    def output_types(self) -> list[dict]:
+        return [
+            {"name": "text_output", "datatype": "BYTES", "shape": [-1]},
+            {"name": "finish_reason", "datatype": "BYTES", "shape": [-1]},
+        ]
+
+    # ---------------------------------------------------------------- decoding
+
+    def parse_v2(self, request: InferRequest) -> list[GenerateItem]:
+        tensors.check_input_names(request, ["text_input"])
+        raw = tensors.request_parameters(request, PARAMETER_NAMES)
+        prompts = tensors.text_elements(request, "text_input", MAX_PROMPT_CHARS)
+        return self.items(prompts, raw)
+
+    def parse_v1(self, body: dict) -> list[GenerateItem]:
+        instances, parameters = tensors.v1_instances(body, self.limits.max_batch_size, '"prompt" or {"prompt": ...}')
+        unknown = sorted(set(parameters) - set(PARAMETER_NAMES))
+        if unknown:
+            raise InvalidInput(f"unknown parameter(s) {unknown}; supported: {list(PARAMETER_NAMES)}")
+        prompts = []
+        for index, instance in enumerate(instances):
+            if isinstance(instance, dict):
+                if set(instance) != {"prompt"}:
+                    raise InvalidInput(f"instances[{index}] must be a string or {{'prompt': ...}}")
+                instance = instance["prompt"]
+            if not isinstance(instance, str):
+                raise InvalidInput(f"instances[{index}] must be a string or {{'prompt': ...}}")
+            prompts.append(instance)
+        tensors.check_texts(prompts, "instances", MAX_PROMPT_CHARS)
+        return self.items(prompts, parameters)
+
+    def items(
+        self, prompts: Sequence[str], raw: Mapping[str, Any], *, templated: bool = False, sink_for=None
+    ) -> list[GenerateItem]:
+        """Work items for prompts and raw parameters (v2, v1 and OpenAI alike); raises InvalidInput.
+
+        ``templated`` prompts come from a chat template, which adds its own special tokens.
+        ``sink_for(index)`` gives each item its streaming sink.
+        """
+        if not prompts:
+            raise InvalidInput("give at least one prompt")
+        tensors.check_batch(len(prompts), self.limits.max_batch_size, "prompts")
+        sampling = self.sampling(raw)
+        stop = stop_sequences(raw.get("stop"))
+        items = []
+        for index, prompt in enumerate(prompts):
+            ids = tuple(self.backend.tokenizer.encode(prompt, add_special_tokens=not templated))
+            max_tokens = self._max_tokens(raw.get("max_tokens"), len(ids), f"prompt[{index}]")
+            sink = sink_for(index) if sink_for is not None else None
+            items.append(GenerateItem(ids, max_tokens, stop, sampling, sink))
+        return items
+
+    def sampling(self, raw: Mapping[str, Any]) -> SamplingParams:
+        defaults = self.backend.generation_defaults
+        default_temperature = defaults["temperature"] if defaults["do_sample"] else 0.0
+        temperature = raw.get("temperature")
+        temperature = default_temperature if temperature is None else tensors.number(temperature, "temperature", 0, 2)
+        top_p = raw.get("top_p")
+        top_p = defaults["top_p"] if top_p is None else tensors.number(top_p, "top_p", 0, 1)
+        if top_p == 0:
+            raise InvalidInput("parameter top_p must be greater than 0")
+        seed = raw.get("seed")
+        seed = None if seed is None else tensors.integer(seed, "seed", 0, MAX_SEED)
+        if temperature == 0.0:
+            return SamplingParams(0.0, 1.0, None)  # greedy: every greedy item batches together
+        return SamplingParams(temperature, top_p, seed)
+
+    def _max_tokens(self, value: Any, prompt_tokens: int, where: str) -> int:
+        context = self.backend.context_length
+        room = context - prompt_tokens
+        if room < 1:
+            raise InvalidInput(f"{where} has {prompt_tokens} tokens; the model's context is {context} tokens")
+        if value is None:
+            return max(1, min(DEFAULT_MAX_TOKENS, room, MAX_TOKENS_LIMIT))
+        max_tokens = tensors.integer(value, "max_tokens", 1, MAX_TOKENS_LIMIT)
+        if max_tokens > room:
+            raise InvalidInput(
+                f"{where}: {prompt_tokens} prompt tokens + max_tokens {max_tokens} exceed the model's context of "
+                f"{context} tokens (at most {room} new tokens)"
+            )
+        return max_tokens
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        """Render OpenAI-style messages with the tokenizer's chat template; bad messages raise InvalidInput."""
+        if not self.has_chat_template:
+            raise InvalidInput("this model's tokenizer has no chat template; use the completions endpoint")
+        try:
+            return self.backend.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        except Exception as error:  # jinja TemplateError from raise_exception, or a template bug on odd input
+            raise InvalidInput(f"messages do not fit the model's chat template: {error}") from None
+
+    # ---------------------------------------------------------------- running
+
+    def batch_key(self, item: GenerateItem) -> Hashable:
+        return item.sampling
+
+    def run_batch(self, items: Sequence[GenerateItem]) -> list[Generation]:
+        sampling = items[0].sampling
+        if any(item.sampling != sampling for item in items):
+            raise ValueError("a batch must share its sampling parameters")
+        backend = self.backend
+        states = [RowState(item, backend.decoder, backend.eos_token_ids) for item in items]
+
+        def criteria(indices: Sequence[int | None]):
+            return row_criteria([None if index is None else states[index] for index in indices])
+
+        backend.generate(
+            [list(item.input_ids) for item in items], max(item.max_tokens for item in items), sampling, criteria
+        )
+        for state in states:
+            state.close()
+        return [state.result() for state in states]
+
+    # ---------------------------------------------------------------- encoding
+
+    def v2_outputs(self, results: Sequence[Generation], binary: bool) -> list[InferOutput]:
+        count = len(results)
+        return [
+            tensors.bytes_output("text_output", [r.text for r in results], [count], binary),
+            tensors.bytes_output("finish_reason", [r.finish_reason for r in results], [count], binary),
+        ]
+
+    def v1_predictions(self, results: Sequence[Generation]) -> list[dict]:
+        return [{"text": r.text, "finish_reason": r.finish_reason} for r in results]
+
+
+def stop_sequences(value: Any) -> tuple[str, ...]:
+    """``stop``: None, a string, or a list of up to 4 non-empty strings."""
+    if value is None:
+        return ()
+    values = [value] if isinstance(value, (str, bytes)) else value
+    if not isinstance(values, (list, tuple)):
+        raise InvalidInput(f"parameter stop must be a string or a list of strings, got {type(value).__name__}")
+    if len(values) > MAX_STOP_SEQUENCES:
+        raise InvalidInput(f"parameter stop has {len(values)} sequences; at most {MAX_STOP_SEQUENCES} are allowed")
+    result = []
+    for index, stop in enumerate(values):
+        stop = tensors.as_text(stop, f"parameter stop[{index}]")
+        if not stop:
+            raise InvalidInput(f"parameter stop[{index}] is empty")
+        if len(stop) > MAX_STOP_CHARS:
+            raise InvalidInput(f"parameter stop[{index}] is longer than {MAX_STOP_CHARS} characters")
+        result.append(stop)
+    return tuple(result)
