@@ -65,6 +65,9 @@ class PolicyState:
     cost_headroom_since: float | None = None  # start of the current run of cost-pool headroom
     weights: Mapping[str, int] = field(default_factory=dict)  # weights in effect (last applied)
     prewarm_until: float | None = None  # keep capacity units pre-warmed until then
+    # Replicas each capacity-short unit is credited with: the fewest ready replicas seen since
+    # it became short, so capacity-optimized weights drop fast and rise only once it is not short.
+    short_capacity: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class PoolView:
     cost_headroom: bool  # cost pool gets what it asks for and could carry all demand
     ready: dict[str, bool]
     obtainable: dict[str, float]  # replicas each unit can get (capacity-optimized weights)
+    short_capacity: dict[str, float]  # memory for the next state (see PolicyState.short_capacity)
 
 
 def initial_state(config: ControllerConfig, now: float) -> PolicyState:
@@ -136,13 +140,21 @@ def observe(config: ControllerConfig, state: PolicyState, signals: Signals) -> P
                 and demand * config.thresholds.headroom_ratio <= cost_max)
     ready = {u.name: us[u.name].ready_replicas > 0 for u in config.units}
     obtainable: dict[str, float] = {}
+    short_capacity: dict[str, float] = {}
     for u in config.units:
         s = us[u.name]
-        # A unit that cannot get capacity keeps what it has; the others can grow to max_replicas.
-        obtainable[u.name] = float(min(s.ready_replicas, u.max_replicas) if _unit_short(s) else u.max_replicas)
+        if _unit_short(s):
+            # A unit that cannot get capacity is credited with what it has (the least seen while
+            # short, so a flapping ready count does not make the weights flap).
+            have = float(min(s.ready_replicas, u.max_replicas))
+            seen = state.short_capacity.get(u.name)
+            short_capacity[u.name] = have if seen is None else min(seen, have)
+            obtainable[u.name] = short_capacity[u.name]
+        else:
+            obtainable[u.name] = float(u.max_replicas)  # can grow to max_replicas
     return PoolView(demand_rps=demand, demand_estimated=estimated, cost_served_rps=cost_served,
                     cost_max_rps=cost_max, cost_short=cost_short, cost_headroom=headroom, ready=ready,
-                    obtainable=obtainable)
+                    obtainable=obtainable, short_capacity=short_capacity)
 
 
 def target_weights(config: ControllerConfig, mode: Mode, view: PoolView) -> dict[str, int]:
@@ -254,7 +266,7 @@ def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: 
             prewarm = {u.name: u.min_replicas for u in config.capacity_units}
 
     new_state = PolicyState(mode=mode, since=since, cost_headroom_since=headroom_since, weights=dict(weights),
-                            prewarm_until=prewarm_until)
+                            prewarm_until=prewarm_until, short_capacity=view.short_capacity)
     return Decision(state=new_state, weights=dict(weights), switched=switched, stale=False, reason=why,
                     prewarm=prewarm, demand_rps=view.demand_rps)
 

@@ -209,8 +209,8 @@ def _slow_noise(rng: np.random.Generator, n: int, step_s: float, sigma: float, t
 def diurnal(
     hours: float = 24.0,
     step_s: float = 10.0,
-    base: float = 250.0,
-    peak: float = 1500.0,
+    base: float = 150.0,
+    peak: float = 800.0,
     trough_h: float = 4.0,
     noise: float = 0.04,
     seed: int = 0,
@@ -227,18 +227,19 @@ def diurnal(
 def burst(
     hours: float = 24.0,
     step_s: float = 10.0,
-    base: float = 250.0,
-    peak: float = 1200.0,
+    base: float = 150.0,
+    peak: float = 600.0,
     bursts: int = 6,
     factor: float = 2.0,
     min_burst_s: float = 300.0,
     max_burst_s: float = 1200.0,
     noise: float = 0.04,
     seed: int = 0,
+    trough_h: float = 4.0,
 ) -> Trace:
     """The diurnal wave plus ``bursts`` surges: the load jumps to about ``factor`` x within a minute,
     holds, then decays; start times and lengths are drawn from ``seed``."""
-    base_trace = diurnal(hours, step_s, base, peak, noise=noise, seed=seed)
+    base_trace = diurnal(hours, step_s, base, peak, trough_h=trough_h, noise=noise, seed=seed)
     t = base_trace.time_s
     rng = np.random.default_rng(seed + 1_000_003)
     mult = np.ones_like(t)
@@ -257,13 +258,14 @@ def outage(
     units: Sequence[str],
     hours: float = 24.0,
     step_s: float = 10.0,
-    base: float = 250.0,
-    peak: float = 1500.0,
+    base: float = 150.0,
+    peak: float = 800.0,
     start_h: float = 7.0,
     duration_h: float = 8.0,
     replicas: int = 4,
     noise: float = 0.04,
     seed: int = 0,
+    trough_h: float = 4.0,
 ) -> Trace:
     """The diurnal wave; from ``start_h`` for ``duration_h`` hours each unit in ``units`` (normally
     the cost pool) can get at most ``replicas`` replicas. Outside the window the columns are empty
@@ -272,7 +274,7 @@ def outage(
         raise TraceError("outage needs at least one unit name")
     if replicas < 0:
         raise TraceError("replicas must be >= 0")
-    tr = diurnal(hours, step_s, base, peak, noise=noise, seed=seed)
+    tr = diurnal(hours, step_s, base, peak, trough_h=trough_h, noise=noise, seed=seed)
     t = tr.time_s
     inside = (t >= start_h * 3600.0) & (t < (start_h + duration_h) * 3600.0)
     col = np.where(inside, float(replicas), np.nan)
@@ -298,8 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--hours", type=float, default=24.0)
     p.add_argument("--step", type=float, default=10.0, help="seconds between rows (default 10)")
-    p.add_argument("--base", type=float, default=250.0, help="demand at the daily trough, requests/s")
-    p.add_argument("--peak", type=float, default=None, help="demand at the daily peak, requests/s")
+    p.add_argument("--base", type=float, default=150.0, help="demand at the daily trough, requests/s")
+    p.add_argument("--peak", type=float, default=None,
+                   help="demand at the daily peak before noise and bursts, requests/s (default 800; burst: 600)")
+    p.add_argument("--trough-h", type=float, default=4.0, help="hour of the daily trough (peak 12 h later)")
     p.add_argument("--noise", type=float, default=0.04, help="relative std-dev of the slow noise")
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("burst")
@@ -314,9 +318,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         if a.kind == "diurnal":
-            tr = diurnal(a.hours, a.step, a.base, a.peak or 1500.0, noise=a.noise, seed=a.seed)
+            tr = diurnal(a.hours, a.step, a.base, a.peak or 800.0, a.trough_h, noise=a.noise, seed=a.seed)
         elif a.kind == "burst":
-            tr = burst(a.hours, a.step, a.base, a.peak or 1200.0, a.bursts, a.factor, noise=a.noise, seed=a.seed)
+            tr = burst(a.hours, a.step, a.base, a.peak or 600.0, a.bursts, a.factor, noise=a.noise, seed=a.seed,
+                       trough_h=a.trough_h)
         else:
             if a.units:
                 names = [u.strip() for u in a.units.split(",") if u.strip()]
@@ -325,8 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 p.error("outage needs --config or --units")
             tr = outage(
-                names, a.hours, a.step, a.base, a.peak or 1500.0, a.start_h, a.duration_h, a.replicas,
-                noise=a.noise, seed=a.seed,
+                names, a.hours, a.step, a.base, a.peak or 800.0, a.start_h, a.duration_h, a.replicas,
+                noise=a.noise, seed=a.seed, trough_h=a.trough_h,
             )
     except TraceError as exc:
         print(f"error: {exc}", file=sys.stderr)

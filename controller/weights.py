@@ -102,8 +102,9 @@ def capacity_optimized_weights(units: Iterable[Unit], capacity: Mapping[str, flo
     share_i = adjusted_throughput_i * capacity_i, where adjusted throughput follows seed Table 2
     (target = mean of all configured units' max throughput) and ``capacity_i`` is the number of
     replicas unit i can actually get (default 1 each, which reproduces Table 2's proportions).
-    Units that are not ready get 0 unless no unit is ready; if every share is 0 the capacity
-    filter is dropped too, so the result always sums to 100.
+    Units that are not ready get 0 unless no unit is ready. If the ready units all have zero
+    capacity they share by adjusted throughput alone; if no unit is ready, readiness is ignored.
+    The result always sums to 100.
     """
     units = list(units)
     if not units:
@@ -115,11 +116,10 @@ def capacity_optimized_weights(units: Iterable[Unit], capacity: Mapping[str, flo
             return 1.0
         return max(0.0, float(capacity.get(name, 0.0)))
 
-    shares = {u.name: (adj[u.name] * cap(u.name) if _is_ready(ready, u.name) else 0.0) for u in units}
-    if sum(shares.values()) <= 0:  # nothing ready with capacity: ignore readiness
-        shares = {u.name: adj[u.name] * cap(u.name) for u in units}
-    if sum(shares.values()) <= 0:  # no capacity anywhere: plain Table 2 proportions
-        shares = dict(adj)
+    live = [u for u in units if _is_ready(ready, u.name)] or units  # nothing ready: ignore readiness
+    shares = {u.name: (adj[u.name] * cap(u.name) if u in live else 0.0) for u in units}
+    if sum(shares.values()) <= 0:  # no capacity credited to the live units: Table 2 proportions
+        shares = {u.name: (adj[u.name] if u in live else 0.0) for u in units}
     return integer_weights(shares)
 
 

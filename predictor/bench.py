@@ -697,6 +697,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
                 "servers": {key: server.command()[2:] for key, server in servers.items()},
                 "server_env": args.server_env,
                 "quick": args.quick,
+                "loadavg_start": [round(x, 2) for x in os.getloadavg()],
                 **image,
             }
         }
@@ -796,6 +797,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             }
 
         report["meta"]["duration_s"] = round(time.time() - started_at, 1)
+        report["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         if "kserve" in sys.modules:  # would break tritonclient.grpc in this process
             raise RuntimeError("predictor.bench imported kserve")
 

@@ -65,30 +65,46 @@ def run_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     t = p.add_argument_group("target")
-    t.add_argument("--url", required=True,
-                   help="http(s)://host:port for REST, grpc(s)://host:port for gRPC (no path)")
+    t.add_argument("--url", required=True, help="http(s)://host:port for REST, grpc(s)://host:port for gRPC (no path)")
     t.add_argument("--model", default="sd", help="model name in /v2/models/NAME")
-    t.add_argument("--host", help="Host header / gRPC authority, for Knative routing "
-                   "(e.g. sd21-inf2-predictor.sd21.example.com)")
-    t.add_argument("--header", action="append", type=_header, default=[], metavar="'NAME: VALUE'",
-                   help="extra request header / gRPC metadata (repeatable)")
+    t.add_argument(
+        "--host", help="Host header / gRPC authority, for Knative routing (e.g. sd21-inf2-predictor.sd21.example.com)"
+    )
+    t.add_argument(
+        "--header",
+        action="append",
+        type=_header,
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="extra request header / gRPC metadata (repeatable)",
+    )
     t.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate (https)")
     t.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
-    t.add_argument("--replicas", type=int, default=1,
-                   help="replicas serving the endpoint during the test; per-replica figures divide by it")
+    t.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="replicas serving the endpoint during the test; per-replica figures divide by it",
+    )
     t.add_argument("--unit", help="controller unit this measures (stored in the result, used by apply)")
 
     r = p.add_argument_group("request")
-    r.add_argument("--prompt", action="append", default=[],
-                   help="prompt (repeatable; requests cycle through them)")
+    r.add_argument("--prompt", action="append", default=[], help="prompt (repeatable; requests cycle through them)")
     r.add_argument("--steps", type=int, help="num_inference_steps (server default when omitted)")
     r.add_argument("--height", type=int, help="image height (server default when omitted)")
     r.add_argument("--width", type=int, help="image width (server default when omitted)")
     r.add_argument("--guidance-scale", type=float, help="guidance_scale (server default when omitted)")
-    r.add_argument("--seed", type=int, default=None,
-                   help="image seed sent with every request (server picks one when omitted)")
-    r.add_argument("--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
-                   help="extra v2 request parameter (repeatable)")
+    r.add_argument(
+        "--seed", type=int, default=None, help="image seed sent with every request (server picks one when omitted)"
+    )
+    r.add_argument(
+        "--param",
+        action="append",
+        type=_param,
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra v2 request parameter (repeatable)",
+    )
 
     s = p.add_argument_group("stages")
     s.add_argument("--rates", type=_rates, help="explicit offered rates per stage, e.g. 0.5,1,2,4")
@@ -98,31 +114,56 @@ def run_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-stages", type=int, default=12, help="most stages")
     s.add_argument("--max-rate", type=float, help="highest rate to try")
     s.add_argument("--stage-seconds", type=float, default=30.0, help="length of each stage's schedule")
-    s.add_argument("--arrival", choices=ARRIVALS, default="poisson",
-                   help="inter-arrival times: poisson (random, exact count) or uniform")
-    s.add_argument("--max-inflight", type=int, default=256,
-                   help="cap on outstanding requests; due requests beyond it are dropped and counted as errors")
+    s.add_argument(
+        "--arrival",
+        choices=ARRIVALS,
+        default="poisson",
+        help="inter-arrival times: poisson (random, exact count) or uniform",
+    )
+    s.add_argument(
+        "--max-inflight",
+        type=int,
+        default=256,
+        help="cap on outstanding requests; due requests beyond it are dropped and counted as errors",
+    )
     s.add_argument("--max-duration", type=float, default=1800.0, help="time budget for all stages (s)")
     s.add_argument("--max-requests", type=int, default=20000, help="request budget for all stages")
-    s.add_argument("--probe-requests", type=int, default=1,
-                   help="sequential, fully checked requests before the first stage (not counted)")
+    s.add_argument(
+        "--probe-requests",
+        type=int,
+        default=1,
+        help="sequential, fully checked requests before the first stage (not counted)",
+    )
     s.add_argument("--ready-timeout", type=float, default=60.0, help="wait this long for the model to be ready")
     s.add_argument("--random-seed", type=int, default=0, help="seed of the arrival schedule")
 
     c = p.add_argument_group("breaking point")
     c.add_argument("--slo", type=float, default=0.9, help="latency SLO (s)")
-    c.add_argument("--slo-percentile", choices=LATENCY_STATS, default="p90",
-                   help="latency statistic held to the SLO (and written as the unit's latency_s)")
+    c.add_argument(
+        "--slo-percentile",
+        choices=LATENCY_STATS,
+        default="p90",
+        help="latency statistic held to the SLO (and written as the unit's latency_s)",
+    )
     c.add_argument("--max-error-rate", type=float, default=0.01, help="highest sustainable error rate")
-    c.add_argument("--min-throughput-ratio", type=float, default=0.9,
-                   help="a stage must serve at least this fraction of its offered rate")
-    c.add_argument("--plateau-gain", type=float, default=0.5,
-                   help="from one stage to the next, at least this fraction of the extra load must be served")
+    c.add_argument(
+        "--min-throughput-ratio",
+        type=float,
+        default=0.9,
+        help="a stage must serve at least this fraction of its offered rate",
+    )
+    c.add_argument(
+        "--plateau-gain",
+        type=float,
+        default=0.5,
+        help="from one stage to the next, at least this fraction of the extra load must be served",
+    )
     c.add_argument("--utilization", type=float, default=0.7, help="KPA target = max sustainable x utilization")
 
     o = p.add_argument_group("output")
-    o.add_argument("--out", type=Path, default=Path("loadtest-out"),
-                   help="directory for result.json, result.png, requests.csv")
+    o.add_argument(
+        "--out", type=Path, default=Path("loadtest-out"), help="directory for result.json, result.png, requests.csv"
+    )
     o.add_argument("--no-plot", action="store_true", help="skip the PNG")
     o.add_argument("--progress-interval", type=float, default=1.0, help="seconds between progress lines")
     return p
@@ -215,8 +256,10 @@ def _write_outputs(state: RunState, args, criteria: Criteria, target, settings: 
     print("wrote " + ", ".join(str(p) for p in written))
     if result.get("unit"):
         unit = args.unit or "UNIT"
-        print(f"update the controller config: python -m predictor.loadtest apply --result {out / 'result.json'} "
-              f"--config controller.yaml --unit {unit}")
+        print(
+            f"update the controller config: python -m predictor.loadtest apply --result {out / 'result.json'} "
+            f"--config controller.yaml --unit {unit}"
+        )
     return result
 
 
@@ -228,15 +271,31 @@ def cmd_run(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         protocol_of(args.url)
-        rates = stage_rates(args.rates, start=args.start_rate, factor=args.factor, step=args.step,
-                            count=args.max_stages, max_rate=args.max_rate)
-        criteria = Criteria(slo_latency_s=args.slo, slo_percentile=args.slo_percentile,
-                            max_error_rate=args.max_error_rate, min_throughput_ratio=args.min_throughput_ratio,
-                            plateau_gain=args.plateau_gain)
+        rates = stage_rates(
+            args.rates,
+            start=args.start_rate,
+            factor=args.factor,
+            step=args.step,
+            count=args.max_stages,
+            max_rate=args.max_rate,
+        )
+        criteria = Criteria(
+            slo_latency_s=args.slo,
+            slo_percentile=args.slo_percentile,
+            max_error_rate=args.max_error_rate,
+            min_throughput_ratio=args.min_throughput_ratio,
+            plateau_gain=args.plateau_gain,
+        )
         settings = RunSettings(
-            rates=tuple(rates), stage_seconds=args.stage_seconds, arrival=args.arrival,
-            max_inflight=args.max_inflight, max_duration_s=args.max_duration, max_requests=args.max_requests,
-            probe_requests=args.probe_requests, ready_timeout_s=args.ready_timeout, seed=args.random_seed,
+            rates=tuple(rates),
+            stage_seconds=args.stage_seconds,
+            arrival=args.arrival,
+            max_inflight=args.max_inflight,
+            max_duration_s=args.max_duration,
+            max_requests=args.max_requests,
+            probe_requests=args.probe_requests,
+            ready_timeout_s=args.ready_timeout,
+            seed=args.random_seed,
             progress_interval_s=args.progress_interval,
         )
         if args.replicas < 1:
@@ -248,9 +307,14 @@ def cmd_run(argv: list[str]) -> int:
     except ValueError as error:
         parser.error(str(error))
     target = Target(
-        url=args.url, model=args.model, prompts=tuple(args.prompt) or Target.prompts,
-        parameters=_request_parameters(args), host=args.host, headers=dict(args.header),
-        timeout_s=args.timeout, verify_tls=not args.insecure,
+        url=args.url,
+        model=args.model,
+        prompts=tuple(args.prompt) or Target.prompts,
+        parameters=_request_parameters(args),
+        host=args.host,
+        headers=dict(args.header),
+        timeout_s=args.timeout,
+        verify_tls=not args.insecure,
     )
     command = "python -m predictor.loadtest run " + shlex.join(argv)
     state = RunState()
@@ -266,8 +330,10 @@ def cmd_run(argv: list[str]) -> int:
             nonlocal presses
             presses += 1
             if presses == 1:
-                print("\nstopping: finishing outstanding requests, then writing results (Ctrl-C again to cut short)",
-                      file=sys.stderr)
+                print(
+                    "\nstopping: finishing outstanding requests, then writing results (Ctrl-C again to cut short)",
+                    file=sys.stderr,
+                )
                 stop.set()
             elif task is not None:
                 task.cancel()
@@ -320,13 +386,17 @@ def cmd_apply(argv: list[str]) -> int:
     if measured.get("lower_bound"):
         print("warning: the run did not reach a breaking point; max_throughput is a lower bound", file=sys.stderr)
     if not diff:
-        print(f"{args.config}: unit {name} already has max_throughput {measured['max_throughput']:g}, "
-              f"latency_s {measured['latency_s']:g}")
+        print(
+            f"{args.config}: unit {name} already has max_throughput {measured['max_throughput']:g}, "
+            f"latency_s {measured['latency_s']:g}"
+        )
         return 0
     print(diff, end="")
     verb = "would update" if args.dry_run else "updated"
-    print(f"{verb} {args.config}: unit {name} max_throughput {measured['max_throughput']:g}, "
-          f"latency_s {measured['latency_s']:g} ({measured.get('latency_stat', 'p90')})")
+    print(
+        f"{verb} {args.config}: unit {name} max_throughput {measured['max_throughput']:g}, "
+        f"latency_s {measured['latency_s']:g} ({measured.get('latency_stat', 'p90')})"
+    )
     return 0
 
 

@@ -8,7 +8,6 @@ Neither imports kserve or tritonclient (see ``v2_grpc``).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from dataclasses import dataclass, field
@@ -131,7 +130,7 @@ class RestClient:
                 if response.status != 200:
                     return False
                 return bool((await response.json(content_type=None)).get("ready"))
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError):
+        except (TimeoutError, aiohttp.ClientError, ValueError, AttributeError):
             return False
 
     async def infer(self, index: int) -> str:
@@ -145,7 +144,7 @@ class RestClient:
                     return str(response.status)
                 # Cheap check on the hot path; probe() decodes the whole response.
                 return "ok" if b'"outputs"' in payload else "bad-response"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return "timeout"
         except aiohttp.ClientConnectorError:
             return "connect-error"
@@ -161,7 +160,7 @@ class RestClient:
             async with self.session.post(self.infer_url, data=self.bodies[0]) as response:
                 text = await response.text()
                 status = response.status
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise EndpointError(f"POST {self.infer_url}: no response within {self.target.timeout_s:g}s") from None
         except aiohttp.ClientError as error:
             raise EndpointError(f"POST {self.infer_url}: {error}") from None
@@ -204,9 +203,13 @@ class GrpcClient:
         ]
         if self.target.host:
             options.append(("grpc.default_authority", self.target.host))
+            if self.secure:
+                options.append(("grpc.ssl_target_name_override", self.target.host))
         if self.secure:
             if not self.target.verify_tls:
-                raise EndpointError("--insecure is not supported for grpcs:// (give the CA with GRPC_DEFAULT_SSL_ROOTS_FILE_PATH)")
+                raise EndpointError(
+                    "--insecure is not supported for grpcs:// (give the CA with GRPC_DEFAULT_SSL_ROOTS_FILE_PATH)"
+                )
             self.channel = grpc.aio.secure_channel(self.address, grpc.ssl_channel_credentials(), options=options)
         else:
             self.channel = grpc.aio.insecure_channel(self.address, options=options)
@@ -224,7 +227,8 @@ class GrpcClient:
 
         try:
             raw = await self._ready(
-                v2_grpc.ready_request(self.target.model), timeout=min(5.0, self.target.timeout_s),
+                v2_grpc.ready_request(self.target.model),
+                timeout=min(5.0, self.target.timeout_s),
                 metadata=self.metadata or None,
             )
         except grpc.aio.AioRpcError:
@@ -236,7 +240,8 @@ class GrpcClient:
 
         try:
             raw = await self._infer(
-                self.requests[index % len(self.requests)], timeout=self.target.timeout_s,
+                self.requests[index % len(self.requests)],
+                timeout=self.target.timeout_s,
                 metadata=self.metadata or None,
             )
         except grpc.aio.AioRpcError as error:

@@ -30,8 +30,13 @@ def plot_result(result: dict[str, Any], path: str | Path, title: str | None = No
         if points:
             xs, ys = zip(*points, strict=True)
             latency_ax.plot(xs, ys, line, marker="o", color=color, label=f"latency {stat}")
-    latency_ax.axhline(crit["slo_latency_s"], color="grey", linestyle="--", linewidth=1,
-                       label=f"SLO: {crit['slo_percentile']} <= {crit['slo_latency_s']:g}s")
+    latency_ax.axhline(
+        crit["slo_latency_s"],
+        color="grey",
+        linestyle="--",
+        linewidth=1,
+        label=f"SLO: {crit['slo_percentile']} <= {crit['slo_latency_s']:g}s",
+    )
     latency_ax.set_ylabel("latency (s)\nfrom scheduled send")
     latency_ax.set_ylim(bottom=0)
 
@@ -49,15 +54,32 @@ def plot_result(result: dict[str, Any], path: str | Path, title: str | None = No
     ms = result.get("max_sustainable")
     for ax in (latency_ax, rate_ax):
         if ms:
-            ax.axvline(ms["offered_rps"], color="tab:green", linestyle="-.", linewidth=1,
-                       label=f"max sustainable: {ms['achieved_rps']:.3g} rps" if ax is rate_ax else None)
+            ax.axvline(
+                ms["offered_rps"],
+                color="tab:green",
+                linestyle="-.",
+                linewidth=1,
+                label=f"max sustainable: {ms['achieved_rps']:.3g} rps" if ax is rate_ax else None,
+            )
         if bp.get("found"):
-            ax.axvline(bp["offered_rps"], color="tab:red", linestyle="-.", linewidth=1,
-                       label=f"breaking point ({', '.join(bp['reasons'])})" if ax is rate_ax else None)
+            ax.axvline(
+                bp["offered_rps"],
+                color="tab:red",
+                linestyle="-.",
+                linewidth=1,
+                label=f"breaking point ({', '.join(bp['reasons'])})" if ax is rate_ax else None,
+            )
     for x, s in zip(offered, stages, strict=True):
         if s["error_rate"] > 0:
-            rate_ax.annotate(f"{s['error_rate']:.0%} errors", (x, s["achieved_rps"]), textcoords="offset points",
-                             xytext=(0, -12), ha="center", fontsize=7, color="tab:red")
+            rate_ax.annotate(
+                f"{s['error_rate']:.0%} errors",
+                (x, s["achieved_rps"]),
+                textcoords="offset points",
+                xytext=(0, -12),
+                ha="center",
+                fontsize=7,
+                color="tab:red",
+            )
     latency_ax.legend(loc="upper left", fontsize=7, framealpha=0.8)
     rate_ax.legend(loc="upper left", fontsize=7, framealpha=0.8)
     for ax in (latency_ax, rate_ax):

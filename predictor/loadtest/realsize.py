@@ -164,15 +164,18 @@ def parameter_counts(model_dir: str | Path) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m predictor.loadtest.realsize", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m predictor.loadtest.realsize", description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", help="Directory to write the pipeline into.")
-    parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
-                        help="Weights dtype on disk (float16: about 2.6 GB).")
+    parser.add_argument(
+        "--dtype",
+        choices=("float16", "bfloat16", "float32"),
+        default="float16",
+        help="Weights dtype on disk (float16: about 2.6 GB).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed for the random weights.")
-    parser.add_argument("--device", default="cpu",
-                        help="Where to initialise the weights ('cuda' is faster when there is a GPU).")
+    parser.add_argument(
+        "--device", default="cpu", help="Where to initialise the weights ('cuda' is faster when there is a GPU)."
+    )
     args = parser.parse_args(argv)
     path = build_sd21(args.output_dir, dtype=args.dtype, seed=args.seed, device=args.device)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

@@ -195,8 +195,7 @@ def summary_text(result: dict[str, Any]) -> str:
     lines = []
     crit = result["criteria"]
     lines.append(
-        f"stopped: {result['stop_reason']}"
-        + ("  (interrupted: partial results)" if result.get("interrupted") else "")
+        f"stopped: {result['stop_reason']}" + ("  (interrupted: partial results)" if result.get("interrupted") else "")
     )
     bp = result["breaking_point"]
     if bp["found"]:
@@ -222,7 +221,8 @@ def summary_text(result: dict[str, Any]) -> str:
     if st:
         lines.append(
             f"KPA targets at {st['utilization']:.0%} utilization: rps {st['rps']:.3g}, "
-            f"concurrency {st['concurrency']:.3g} -> scaleMetric: {st['scale_metric']}, scaleTarget: {st['scale_target']}"
+            f"concurrency {st['concurrency']:.3g} -> "
+            f"scaleMetric: {st['scale_metric']}, scaleTarget: {st['scale_target']}"
         )
     unit = result.get("unit")
     if unit:

@@ -276,14 +276,15 @@ async def run_load_test(
         stop.set()
 
     guard = asyncio.create_task(watchdog())
-    await client.open()
     try:
+        await client.open()
         await _wait_ready(client, settings.ready_timeout_s, stop)
         for _ in range(settings.probe_requests):
             await client.probe()
+        rates = ", ".join(f"{r:g}" for r in settings.rates)
         progress.write(
             f"{client.target.url} model {client.target.model!r} ready; probe request ok; "
-            f"{len(settings.rates)} stage(s) of {settings.stage_seconds:g}s, rates {', '.join(f'{r:g}' for r in settings.rates)} rps"
+            f"{len(settings.rates)} stage(s) of {settings.stage_seconds:g}s at {rates} requests/s"
         )
         state.stop_reason = "rate plan finished"
         for index, rate in enumerate(settings.rates):

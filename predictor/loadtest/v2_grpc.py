@@ -67,7 +67,10 @@ def messages() -> dict[str, Any]:
             map_entry=True,
         )
         msg.field.add(
-            name="parameters", number=number, type=F.TYPE_MESSAGE, label=rep,
+            name="parameters",
+            number=number,
+            type=F.TYPE_MESSAGE,
+            label=rep,
             type_name=f".inference.{msg.name}.ParametersEntry",
         )
 

@@ -85,6 +85,10 @@ def test_capacity_optimized_weights_never_all_zero():
     assert sum(capacity_optimized_weights(TABLE1, ready=none_ready).values()) == 100
     no_capacity = {u.name: 0 for u in TABLE1}
     assert capacity_optimized_weights(TABLE1, capacity=no_capacity) == capacity_optimized_weights(TABLE1)
+    # Ready units without credited capacity still beat units that are not ready.
+    ready = {u.name: u.name in ("sd21-inf2", "sd21-g5-cuda") for u in TABLE1}
+    w = capacity_optimized_weights(TABLE1, capacity=no_capacity, ready=ready)
+    assert w == {"sd21-inf2": 60, "sd21-trn1": 0, "sd21-g5-triton": 0, "sd21-g6-triton": 0, "sd21-g5-cuda": 40}
 
 
 def test_cost_optimized_weights_send_everything_to_the_ready_cost_pool():

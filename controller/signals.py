@@ -1,0 +1,261 @@
+"""Signal sources: what the policy needs to know about each unit, read from the cluster.
+
+Everything the policy consumes is a :class:`controller.policy.Signals`. Sources sit behind two
+small protocols so others (CloudWatch through boto3, a recorded trace) can be added:
+
+* :class:`SignalSource` -- ``read(now) -> Signals`` for all units;
+* :class:`DemandSource` -- ``demand_rps(now) -> float`` (total request rate).
+
+:class:`KubernetesSignals` reads, per unit:
+
+* ready replicas -- pods labelled ``serving.kserve.io/inferenceservice=<name>`` whose Ready
+  condition is True, counted as 0 when the InferenceService's own Ready condition is False;
+* pending replicas -- pods in phase Pending; unschedulable replicas -- those whose PodScheduled
+  condition has been False/Unschedulable for longer than ``timing.pending_grace_s``;
+* desired replicas -- the Knative PodAutoscaler's ``status.desiredScale`` (KPA), else the
+  predictor Deployment's ``spec.replicas`` (raw deployment mode), else the number of live pods;
+* capacity errors -- Warning events with reason ``InsufficientCapacityError`` in the last
+  ``timing.capacity_error_window_s`` attributed to the unit's NodePool (NodeClaims are named
+  ``<nodepool>-<suffix>`` and labelled ``karpenter.sh/nodepool``), or to the unit's own pods, plus
+  the NodePool's NodeClaims whose ``Launched`` condition is False.
+
+Demand comes from the configured :class:`DemandSource` (Prometheus); when there is none, or it
+fails, ``demand_rps`` is None and the policy estimates demand from the desired replicas.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import string
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Protocol
+
+from controller.config import ControllerConfig, Prometheus, Unit
+from controller.kube import KARPENTER, KNATIVE_PA, Backoff, Kube, NotFound, describe, with_retry
+from controller.policy import Signals, UnitSignals
+
+log = logging.getLogger(__name__)
+
+ISVC_LABEL = "serving.kserve.io/inferenceservice"
+NODEPOOL_LABEL = "karpenter.sh/nodepool"
+ICE_REASON = "InsufficientCapacityError"
+
+
+class SignalError(Exception):
+    """A signal could not be read."""
+
+
+class SignalSource(Protocol):
+    def read(self, now: float) -> Signals: ...
+
+
+class DemandSource(Protocol):
+    def demand_rps(self, now: float) -> float: ...
+
+
+def parse_time(value: str | None) -> float | None:
+    """RFC 3339 (Time or MicroTime) to epoch seconds."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _condition(obj: dict, kind: str) -> dict | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == kind:
+            return c
+    return None
+
+
+def pod_counts(pods: Iterable[dict], now: float, grace_s: float) -> tuple[int, int, int, int]:
+    """(live, ready, pending, unschedulable past the grace period) for one unit's pods."""
+    live = ready = pending = unschedulable = 0
+    for p in pods:
+        meta = p.get("metadata") or {}
+        phase = (p.get("status") or {}).get("phase")
+        if meta.get("deletionTimestamp") or phase in ("Succeeded", "Failed"):
+            continue
+        live += 1
+        rc = _condition(p, "Ready")
+        if phase == "Running" and rc is not None and rc.get("status") == "True":
+            ready += 1
+        if phase == "Pending":
+            pending += 1
+            sc = _condition(p, "PodScheduled")
+            if sc is not None and sc.get("status") == "False" and sc.get("reason") == "Unschedulable":
+                since = parse_time(sc.get("lastTransitionTime")) or parse_time(meta.get("creationTimestamp"))
+                if since is not None and now - since > grace_s:
+                    unschedulable += 1
+    return live, ready, pending, unschedulable
+
+
+def event_time(ev: dict) -> float | None:
+    series = ev.get("series") or {}
+    for value in (series.get("lastObservedTime"), ev.get("lastTimestamp"), ev.get("eventTime"),
+                  ev.get("firstTimestamp"), (ev.get("metadata") or {}).get("creationTimestamp")):
+        t = parse_time(value)
+        if t is not None:
+            return t
+    return None
+
+
+def nodepool_of(name: str, pools: Iterable[str], claim_pools: dict[str, str]) -> str | None:
+    """NodePool of a NodeClaim: its label when the claim still exists, else the longest name prefix."""
+    if name in claim_pools:
+        return claim_pools[name]
+    best = None
+    for pool in pools:
+        if name.startswith(pool + "-") and (best is None or len(pool) > len(best)):
+            best = pool
+    return best
+
+
+class PrometheusDemand:
+    """Total request rate from a Prometheus instant query (``/api/v1/query``)."""
+
+    def __init__(self, prom: Prometheus, namespace: str, names: Iterable[str],
+                 opener: Callable[..., object] = urllib.request.urlopen) -> None:
+        self.prom = prom
+        self.query = string.Template(prom.query).safe_substitute(namespace=namespace,
+                                                                 names="|".join(sorted(names)))
+        self.opener = opener
+
+    def demand_rps(self, now: float) -> float:
+        url = f"{self.prom.url}/api/v1/query?" + urllib.parse.urlencode({"query": self.query})
+        try:
+            with self.opener(url, timeout=self.prom.timeout_s) as resp:  # type: ignore[attr-defined]
+                body = json.loads(resp.read())
+        except Exception as exc:
+            raise SignalError(f"prometheus query failed: {exc}") from exc
+        if body.get("status") != "success":
+            raise SignalError(f"prometheus query failed: {body.get('error') or body}")
+        result = (body.get("data") or {}).get("result") or []
+        if not result:
+            return 0.0  # no series: no traffic
+        try:
+            return sum(float(r["value"][1]) for r in result)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise SignalError(f"prometheus returned an unexpected result: {result!r}") from exc
+
+
+class KubernetesSignals:
+    """Reads :class:`Signals` for every configured unit through the Kubernetes API."""
+
+    def __init__(self, config: ControllerConfig, kube: Kube, demand: DemandSource | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 on_error: Callable[[str, BaseException], None] | None = None) -> None:
+        self.config = config
+        self.kube = kube
+        self.demand = demand
+        self.sleep = sleep
+        self.on_error = on_error or (lambda source, exc: None)
+        t = config.timing
+        self.backoff = Backoff(retries=t.api_retries, initial_s=t.backoff_initial_s, max_s=t.backoff_max_s)
+        self._has_kpa = True
+        self._has_nodeclaims = True
+        self.last_demand_error: str | None = None
+
+    def _retry(self, fn, what):
+        return with_retry(fn, self.backoff, self.sleep, what, on_retry=lambda e: self.on_error("kubernetes", e))
+
+    def _isvc_ready(self, unit: Unit) -> bool:
+        obj = self._retry(lambda: self.kube.get_custom("serving.kserve.io", "v1beta1", unit.namespace,
+                                                       "inferenceservices", unit.name),
+                          f"get InferenceService {unit.namespace}/{unit.name}")
+        if obj is None:
+            raise SignalError(f"InferenceService {unit.namespace}/{unit.name} not found")
+        cond = _condition(obj, "Ready")
+        return cond is None or cond.get("status") != "False"
+
+    def _desired(self, unit: Unit, live_pods: int) -> int:
+        selector = f"{ISVC_LABEL}={unit.name}"
+        if self._has_kpa:
+            try:
+                pas = self._retry(lambda: self.kube.list_custom(*KNATIVE_PA, "podautoscalers",
+                                                                namespace=unit.namespace, label_selector=selector),
+                                  f"list PodAutoscalers of {unit.name}")
+                scales = [(pa.get("status") or {}).get("desiredScale") for pa in pas]
+                scales = [int(s) for s in scales if isinstance(s, int | float) and s >= 0]
+                if scales:
+                    return sum(scales)
+            except NotFound:
+                self._has_kpa = False  # Knative not installed: raw deployment mode
+        deps = self._retry(lambda: self.kube.list_deployments(unit.namespace, selector),
+                           f"list Deployments of {unit.name}")
+        replicas = [(d.get("spec") or {}).get("replicas") for d in deps]
+        replicas = [int(r) for r in replicas if isinstance(r, int)]
+        if replicas:
+            return sum(replicas)
+        return live_pods
+
+    def _capacity_errors(self, now: float) -> tuple[dict[str, int], dict[str, int]]:
+        """(errors per NodePool, errors per pod name) in the window."""
+        window = self.config.timing.capacity_error_window_s
+        pools = {u.nodepool for u in self.config.units if u.nodepool}
+        claim_pools: dict[str, str] = {}
+        per_pool: dict[str, int] = {}
+        if pools and self._has_nodeclaims:
+            try:
+                claims = self._retry(lambda: self.kube.list_custom(*KARPENTER, "nodeclaims"), "list NodeClaims")
+                for c in claims:
+                    pool = ((c.get("metadata") or {}).get("labels") or {}).get(NODEPOOL_LABEL)
+                    if not pool:
+                        continue
+                    claim_pools[c["metadata"]["name"]] = pool
+                    launched = _condition(c, "Launched")
+                    if pool in pools and launched is not None and launched.get("status") == "False":
+                        per_pool[pool] = per_pool.get(pool, 0) + 1
+            except NotFound:
+                self._has_nodeclaims = False  # Karpenter not installed
+        events = self._retry(lambda: self.kube.list_events(f"reason={ICE_REASON},type=Warning"),
+                             "list InsufficientCapacityError events")
+        per_pod: dict[str, int] = {}
+        for ev in events:
+            t = event_time(ev)
+            if t is None or now - t > window:
+                continue
+            obj = ev.get("involvedObject") or {}
+            kind, name = obj.get("kind"), obj.get("name") or ""
+            if kind == "Pod":
+                key = f"{obj.get('namespace') or (ev.get('metadata') or {}).get('namespace')}/{name}"
+                per_pod[key] = per_pod.get(key, 0) + 1
+                continue
+            pool = name if kind == "NodePool" else nodepool_of(name, pools, claim_pools)
+            if pool in pools:
+                per_pool[pool] = per_pool.get(pool, 0) + 1
+        return per_pool, per_pod
+
+    def read(self, now: float) -> Signals:
+        """All units' signals observed at ``now``. Raises on Kubernetes errors (after retries)."""
+        grace = self.config.timing.pending_grace_s
+        per_pool, per_pod = self._capacity_errors(now)
+        units: dict[str, UnitSignals] = {}
+        for u in self.config.units:
+            pods = self._retry(lambda u=u: self.kube.list_pods(u.namespace, f"{ISVC_LABEL}={u.name}"),
+                               f"list pods of {u.name}")
+            live, ready, pending, unschedulable = pod_counts(pods, now, grace)
+            if not self._isvc_ready(u):
+                ready = 0
+            errors = per_pool.get(u.nodepool, 0) if u.nodepool else 0
+            errors += sum(per_pod.get(f"{u.namespace}/{p['metadata']['name']}", 0) for p in pods)
+            units[u.name] = UnitSignals(ready_replicas=ready, desired_replicas=self._desired(u, live),
+                                        pending_replicas=pending, unschedulable_replicas=unschedulable,
+                                        capacity_errors=errors)
+        demand = None
+        if self.demand is not None:
+            try:
+                demand = float(self.demand.demand_rps(now))
+                self.last_demand_error = None
+            except Exception as exc:
+                self.last_demand_error = str(exc)
+                log.warning("demand source failed, estimating demand from the autoscaler: %s", describe(exc))
+                self.on_error("prometheus", exc)
+        return Signals(at=now, units=units, demand_rps=demand)
