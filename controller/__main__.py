@@ -51,8 +51,11 @@ def _delegate(command: str, argv: list[str]) -> int:
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise
-        print(f"python -m controller {command}: {module_name} is not installed in this build "
-              f"(it comes with the planner/simulator)", file=sys.stderr)
+        print(
+            f"python -m controller {command}: {module_name} is not installed in this build "
+            f"(it comes with the planner/simulator)",
+            file=sys.stderr,
+        )
         return 2
     main = getattr(module, "main", None)
     if main is None:
@@ -63,8 +66,7 @@ def _delegate(command: str, argv: list[str]) -> int:
 
 def _run(argv: list[str]) -> int:
     args = _run_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -72,8 +74,15 @@ def _run(argv: list[str]) -> int:
         return 2
     from controller.loop import run_cli  # imports the kubernetes client only when needed
 
-    return run_cli(config, kubeconfig=args.kubeconfig, context=args.context, once=args.once,
-                   dry_run=args.dry_run, identity=args.identity, metrics_port=args.metrics_port)
+    return run_cli(
+        config,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        once=args.once,
+        dry_run=args.dry_run,
+        identity=args.identity,
+        metrics_port=args.metrics_port,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

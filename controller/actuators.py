@@ -103,15 +103,21 @@ class RouterView:
 class Router(Protocol):
     def read(self) -> RouterView: ...
 
-    def write(self, view: RouterView, weights: Mapping[str, int] | None,
-              annotations: Mapping[str, str | None]) -> RouterView: ...
+    def write(
+        self, view: RouterView, weights: Mapping[str, int] | None, annotations: Mapping[str, str | None]
+    ) -> RouterView: ...
 
 
 def _ref(obj: dict) -> dict:
     meta = obj.get("metadata") or {}
-    return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta.get("name"),
-            "namespace": meta.get("namespace"), "uid": meta.get("uid"),
-            "resourceVersion": meta.get("resourceVersion")}
+    return {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "name": meta.get("name"),
+        "namespace": meta.get("namespace"),
+        "uid": meta.get("uid"),
+        "resourceVersion": meta.get("resourceVersion"),
+    }
 
 
 def _match(names: Sequence[str], keys: Sequence[str | None], what: str) -> tuple[dict[str, int], dict[str, int]]:
@@ -146,19 +152,30 @@ class InferenceGraphRouter:
             raise RouterError(f"InferenceGraph {r.namespace}/{r.name} not found")
         root = ((obj.get("spec") or {}).get("nodes") or {}).get("root") or {}
         if root.get("routerType") != "Splitter":
-            raise RouterError(f"InferenceGraph {r.namespace}/{r.name}: spec.nodes.root.routerType is "
-                              f"{root.get('routerType')!r}, not Splitter")
+            raise RouterError(
+                f"InferenceGraph {r.namespace}/{r.name}: spec.nodes.root.routerType is "
+                f"{root.get('routerType')!r}, not Splitter"
+            )
         steps = root.get("steps") or []
-        index, others = _match(self.names, [s.get("serviceName") or s.get("name") for s in steps],
-                               f"InferenceGraph {r.name} spec.nodes.root.steps")
+        index, others = _match(
+            self.names,
+            [s.get("serviceName") or s.get("name") for s in steps],
+            f"InferenceGraph {r.name} spec.nodes.root.steps",
+        )
         weights = {n: int(steps[i].get("weight") or 0) for n, i in index.items()}
         meta = obj.get("metadata") or {}
-        return RouterView(weights=weights, annotations=dict(meta.get("annotations") or {}),
-                          resource_version=meta.get("resourceVersion", ""), ref=_ref(obj), obj=obj,
-                          others={k: int(steps[i].get("weight") or 0) for k, i in others.items()})
+        return RouterView(
+            weights=weights,
+            annotations=dict(meta.get("annotations") or {}),
+            resource_version=meta.get("resourceVersion", ""),
+            ref=_ref(obj),
+            obj=obj,
+            others={k: int(steps[i].get("weight") or 0) for k, i in others.items()},
+        )
 
-    def write(self, view: RouterView, weights: Mapping[str, int] | None,
-              annotations: Mapping[str, str | None]) -> RouterView:
+    def write(
+        self, view: RouterView, weights: Mapping[str, int] | None, annotations: Mapping[str, str | None]
+    ) -> RouterView:
         patch: dict = {"metadata": {"resourceVersion": view.resource_version, "annotations": dict(annotations)}}
         if weights is not None:
             steps = copy.deepcopy(view.obj["spec"]["nodes"]["root"]["steps"])
@@ -191,8 +208,10 @@ class AlbIngressRouter:
             if not isinstance(groups, list):
                 raise TypeError("targetGroups is not a list")
         except (ValueError, KeyError, TypeError) as exc:
-            raise RouterError(f"Ingress {r.namespace}/{r.name} annotation {self.key} is not a forward action "
-                              f"with forwardConfig.targetGroups: {exc}") from exc
+            raise RouterError(
+                f"Ingress {r.namespace}/{r.name} annotation {self.key} is not a forward action "
+                f"with forwardConfig.targetGroups: {exc}"
+            ) from exc
         return action, groups
 
     def read(self) -> RouterView:
@@ -207,12 +226,18 @@ class AlbIngressRouter:
         index, others = _match(self.names, units, f"Ingress {r.name} {self.key} targetGroups")
         weights = {n: int(groups[i].get("weight") or 0) for n, i in index.items()}
         meta = obj.get("metadata") or {}
-        return RouterView(weights=weights, annotations=dict(meta.get("annotations") or {}),
-                          resource_version=meta.get("resourceVersion", ""), ref=_ref(obj), obj=obj,
-                          others={k: int(groups[i].get("weight") or 0) for k, i in others.items()})
+        return RouterView(
+            weights=weights,
+            annotations=dict(meta.get("annotations") or {}),
+            resource_version=meta.get("resourceVersion", ""),
+            ref=_ref(obj),
+            obj=obj,
+            others={k: int(groups[i].get("weight") or 0) for k, i in others.items()},
+        )
 
-    def write(self, view: RouterView, weights: Mapping[str, int] | None,
-              annotations: Mapping[str, str | None]) -> RouterView:
+    def write(
+        self, view: RouterView, weights: Mapping[str, int] | None, annotations: Mapping[str, str | None]
+    ) -> RouterView:
         ann = dict(annotations)
         if weights is not None:
             action, groups = self._groups(copy.deepcopy(view.obj))
@@ -252,8 +277,9 @@ class MinReplicasActuator:
             effective = current if isinstance(current, int) else 1  # KServe's default
             if want == effective:
                 continue
-            self.kube.patch_custom(*KSERVE, u.namespace, "inferenceservices", u.name,
-                                   {"spec": {"predictor": {"minReplicas": want}}})
+            self.kube.patch_custom(
+                *KSERVE, u.namespace, "inferenceservices", u.name, {"spec": {"predictor": {"minReplicas": want}}}
+            )
             changed[name] = (current, want)
         return changed
 
@@ -270,13 +296,19 @@ class EventRecorder:
         ts = datetime.fromtimestamp(self.clock(), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         namespace = ref.get("namespace") or "default"
         body = {
-            "apiVersion": "v1", "kind": "Event",
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"generateName": f"{ref.get('name')}.", "namespace": namespace},
             "involvedObject": {k: v for k, v in ref.items() if v},
-            "reason": reason, "message": message[:1024], "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
             "source": {"component": COMPONENT},
-            "reportingComponent": COMPONENT, "reportingInstance": self.identity[:128],
-            "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
+            "reportingComponent": COMPONENT,
+            "reportingInstance": self.identity[:128],
+            "firstTimestamp": ts,
+            "lastTimestamp": ts,
+            "count": 1,
         }
         try:
             self.kube.create_event(namespace, body)

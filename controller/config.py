@@ -81,8 +81,7 @@ class Prometheus:
     url: str
     # string.Template placeholders: $namespace, $names (regex alternation of unit names).
     query: str = (
-        'sum(rate(revision_request_count{namespace_name="$namespace",'
-        'configuration_name=~"($names)-predictor.*"}[2m]))'
+        'sum(rate(revision_request_count{namespace_name="$namespace",configuration_name=~"($names)-predictor.*"}[2m]))'
     )
     timeout_s: float = 5.0
 
@@ -100,7 +99,7 @@ class Prewarm:
 @dataclass(frozen=True)
 class Lease:
     enabled: bool = True
-    name: str = "inference-traffic-controller"
+    name: str = "inference-traffic-controller-leader"
     namespace: str = "default"
     duration_s: float = 15
     renew_s: float = 5  # renew period; must be < duration_s
@@ -156,8 +155,9 @@ def _check_keys(data: Mapping, allowed: set[str], path: str) -> None:
             raise _err(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
 
 
-def _number(value: Any, path: str, *, gt: float | None = None, ge: float | None = None,
-            le: float | None = None) -> float:
+def _number(
+    value: Any, path: str, *, gt: float | None = None, ge: float | None = None, le: float | None = None
+) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _err(path, f"must be a number, got {value!r}")
     v = float(value)
@@ -236,9 +236,21 @@ def _parse_unit(raw: Any, path: str, default_ns: str) -> Unit:
     if service_name is not None:
         service_name = _str(service_name, f"{path}.service_name", dns=True)
     port = _int(data.get("service_port", 80), f"{path}.service_port", ge=1, le=65535)
-    return Unit(name=name, namespace=namespace, pool=pool, instance_type=instance_type, price_per_hour=price,
-                max_throughput=tput, latency_s=latency, max_replicas=max_r, min_replicas=min_r,
-                startup_s=startup, nodepool=nodepool, service_name=service_name, service_port=port)
+    return Unit(
+        name=name,
+        namespace=namespace,
+        pool=pool,
+        instance_type=instance_type,
+        price_per_hour=price,
+        max_throughput=tput,
+        latency_s=latency,
+        max_replicas=max_r,
+        min_replicas=min_r,
+        startup_s=startup,
+        nodepool=nodepool,
+        service_name=service_name,
+        service_port=port,
+    )
 
 
 def _parse_router(raw: Any, default_ns: str) -> Router:
@@ -275,8 +287,14 @@ def _parse_timing(raw: Any) -> Timing:
             kw[f.name] = _int(value, key, ge=1, le=100)
         elif f.name == "api_retries":
             kw[f.name] = _int(value, key, ge=0, le=20)
-        elif f.name in ("interval_s", "signal_max_age_s", "api_timeout_s", "backoff_initial_s", "backoff_max_s",
-                        "capacity_error_window_s"):
+        elif f.name in (
+            "interval_s",
+            "signal_max_age_s",
+            "api_timeout_s",
+            "backoff_initial_s",
+            "backoff_max_s",
+            "capacity_error_window_s",
+        ):
             kw[f.name] = _number(value, key, gt=0)
         else:
             kw[f.name] = _number(value, key, ge=0)
@@ -341,8 +359,18 @@ def _parse_lease(raw: Any, default_ns: str) -> Lease:
     return lease
 
 
-_TOP_KEYS = {"units", "router", "timing", "thresholds", "namespace", "prometheus", "prewarm", "lease",
-             "metrics_port", "metrics_host"}
+_TOP_KEYS = {
+    "units",
+    "router",
+    "timing",
+    "thresholds",
+    "namespace",
+    "prometheus",
+    "prewarm",
+    "lease",
+    "metrics_port",
+    "metrics_host",
+}
 
 
 def parse_config(data: Mapping) -> ControllerConfig:
@@ -372,8 +400,10 @@ def parse_config(data: Mapping) -> ControllerConfig:
     if router.kind == "inferencegraph":
         for i, u in enumerate(units):
             if u.namespace != router.namespace:
-                raise _err(f"units[{i}].namespace",
-                           f"must equal router.namespace ({router.namespace}) for an InferenceGraph router")
+                raise _err(
+                    f"units[{i}].namespace",
+                    f"must equal router.namespace ({router.namespace}) for an InferenceGraph router",
+                )
 
     metrics_port = _int(data.get("metrics_port", 8080), "metrics_port", ge=0, le=65535)
     metrics_host = _str(data.get("metrics_host", "0.0.0.0"), "metrics_host")

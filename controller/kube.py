@@ -58,9 +58,14 @@ def is_conflict(exc: BaseException) -> bool:
     return isinstance(exc, ApiException) and exc.status == 409
 
 
-def with_retry(fn: Callable[[], T], backoff: Backoff, sleep: Callable[[float], None] = time.sleep,
-               what: str = "API call", on_retry: Callable[[BaseException], None] | None = None,
-               jitter: Callable[[], float] = random.random) -> T:
+def with_retry(
+    fn: Callable[[], T],
+    backoff: Backoff,
+    sleep: Callable[[float], None] = time.sleep,
+    what: str = "API call",
+    on_retry: Callable[[BaseException], None] | None = None,
+    jitter: Callable[[], float] = random.random,
+) -> T:
     """Call fn, retrying transient errors with exponential backoff (plus up to 10% jitter)."""
     delays = backoff.delays()
     for attempt in range(len(delays) + 1):
@@ -133,18 +138,28 @@ class Kube:
         return self._call_or_none(self.custom.get_namespaced_custom_object, group, version, namespace, plural, name)
 
     def patch_custom(self, group: str, version: str, namespace: str, plural: str, name: str, body: dict) -> dict:
-        return self._call(self.custom.patch_namespaced_custom_object, group, version, namespace, plural, name, body,
-                          _content_type=MERGE_PATCH)
+        return self._call(
+            self.custom.patch_namespaced_custom_object,
+            group,
+            version,
+            namespace,
+            plural,
+            name,
+            body,
+            _content_type=MERGE_PATCH,
+        )
 
-    def list_custom(self, group: str, version: str, plural: str, namespace: str | None = None,
-                    label_selector: str | None = None) -> list[dict]:
+    def list_custom(
+        self, group: str, version: str, plural: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict]:
         """Items of a custom resource; raises NotFound when the resource type is not installed."""
         kw = {"label_selector": label_selector} if label_selector else {}
         if namespace is None:
             result = self._call_or_none(self.custom.list_cluster_custom_object, group, version, plural, **kw)
         else:
-            result = self._call_or_none(self.custom.list_namespaced_custom_object, group, version, namespace,
-                                        plural, **kw)
+            result = self._call_or_none(
+                self.custom.list_namespaced_custom_object, group, version, namespace, plural, **kw
+            )
         if result is None:
             raise NotFound(f"{plural}.{group}/{version}")
         return result.get("items") or []
@@ -153,16 +168,17 @@ class Kube:
     def list_pods(self, namespace: str, label_selector: str) -> list[dict]:
         return self._call(self.core.list_namespaced_pod, namespace, label_selector=label_selector).get("items") or []
 
-    def list_events(self, field_selector: str) -> list[dict]:
-        return self._call(self.core.list_event_for_all_namespaces,
-                          field_selector=field_selector).get("items") or []
+    def list_events(self, namespace: str, field_selector: str) -> list[dict]:
+        return self._call(self.core.list_namespaced_event, namespace, field_selector=field_selector).get("items") or []
 
     def create_event(self, namespace: str, body: dict) -> dict:
         return self._call(self.core.create_namespaced_event, namespace, body)
 
     def list_deployments(self, namespace: str, label_selector: str) -> list[dict]:
-        return self._call(self.apps.list_namespaced_deployment, namespace,
-                          label_selector=label_selector).get("items") or []
+        return (
+            self._call(self.apps.list_namespaced_deployment, namespace, label_selector=label_selector).get("items")
+            or []
+        )
 
     # ---- ingress
     def get_ingress(self, namespace: str, name: str) -> dict | None:
@@ -186,8 +202,12 @@ class Kube:
 
     def _raw(self, method: str, path: str, body: dict) -> dict:
         params = self.api.param_serialize(
-            method=method, resource_path=path, body=body, auth_settings=["BearerToken"],
-            header_params={"Content-Type": "application/json", "Accept": "application/json"})
+            method=method,
+            resource_path=path,
+            body=body,
+            auth_settings=["BearerToken"],
+            header_params={"Content-Type": "application/json", "Accept": "application/json"},
+        )
         resp = self.api.call_api(*params, _request_timeout=self.timeout_s)
         resp.read()
         if not 200 <= resp.status <= 299:

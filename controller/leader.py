@@ -49,6 +49,7 @@ class LeaseElector:
         self._observed: tuple[str | None, str | None] | None = None  # (holder, renewTime) last seen
         self._observed_at = 0.0
         self.transitions = 0
+        self.api_reachable = False  # the last tick got an answer from the API server
 
     @property
     def is_leader(self) -> bool:
@@ -78,6 +79,7 @@ class LeaseElector:
         ns, name = self.lease.namespace, self.lease.name
         try:
             current = self.kube.get_lease(ns, name)
+            self.api_reachable = True
             if current is None:
                 self.kube.create_lease(ns, self._body(now, acquire=True, current=None))
                 self._won(now, "created the lease")
@@ -102,6 +104,7 @@ class LeaseElector:
             if is_conflict(exc):
                 self._lost("lost a write race (409)")
                 return False
+            self.api_reachable = False
             log.warning("lease %s/%s: %s", ns, name, describe(exc))
             return self.is_leader
 
@@ -115,8 +118,9 @@ class LeaseElector:
 
     def _lost(self, why: str) -> None:
         if self._renewed_at is not None:
-            log.info("lease %s/%s: %s is no longer leader (%s)", self.lease.namespace, self.lease.name,
-                     self.identity, why)
+            log.info(
+                "lease %s/%s: %s is no longer leader (%s)", self.lease.namespace, self.lease.name, self.identity, why
+            )
         self._renewed_at = None
 
     def release(self) -> None:

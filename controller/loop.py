@@ -62,9 +62,17 @@ class Result:
         d: dict = {"action": self.action, "message": self.message}
         if self.decision is not None:
             dec = self.decision
-            d.update(mode=dec.state.mode, since=dec.state.since, weights=dec.weights, switched=dec.switched,
-                     stale=dec.stale, reason=dec.reason, prewarm=dec.prewarm, demand_rps=dec.demand_rps,
-                     cost_headroom_since=dec.state.cost_headroom_since)
+            d.update(
+                mode=dec.state.mode,
+                since=dec.state.since,
+                weights=dec.weights,
+                switched=dec.switched,
+                stale=dec.stale,
+                reason=dec.reason,
+                prewarm=dec.prewarm,
+                demand_rps=dec.demand_rps,
+                cost_headroom_since=dec.state.cost_headroom_since,
+            )
         return d
 
 
@@ -73,11 +81,20 @@ def _fmt(weights: Mapping[str, int]) -> str:
 
 
 class Controller:
-    def __init__(self, config: ControllerConfig, *, signals: SignalSource, router: Router,
-                 prewarm: MinReplicasActuator | None = None, events: EventRecorder | None = None,
-                 elector: LeaseElector | None = None, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
-                 dry_run: bool = False) -> None:
+    def __init__(
+        self,
+        config: ControllerConfig,
+        *,
+        signals: SignalSource,
+        router: Router,
+        prewarm: MinReplicasActuator | None = None,
+        events: EventRecorder | None = None,
+        elector: LeaseElector | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        dry_run: bool = False,
+    ) -> None:
         self.config = config
         self.signals = signals
         self.router = router
@@ -118,10 +135,15 @@ class Controller:
         saved = view.saved_state
         if saved and saved.get("mode") in (COST, CAPACITY) and isinstance(saved.get("since"), int | float):
             until = saved.get("prewarm_until")
-            state = PolicyState(mode=saved["mode"], since=min(float(saved["since"]), now), weights=dict(view.weights),
-                                prewarm_until=float(until) if isinstance(until, int | float) else None)
-            log.info("resuming from the cluster: %s since %.0f, weights %s", state.mode, state.since,
-                     _fmt(view.weights))
+            state = PolicyState(
+                mode=saved["mode"],
+                since=min(float(saved["since"]), now),
+                weights=dict(view.weights),
+                prewarm_until=float(until) if isinstance(until, int | float) else None,
+            )
+            log.info(
+                "resuming from the cluster: %s since %.0f, weights %s", state.mode, state.since, _fmt(view.weights)
+            )
             return state
         cost_share = sum(view.weights.get(u.name, 0) for u in self.config.cost_units)
         mode = CAPACITY if valid_weights(view.weights, names) and cost_share < 100 else COST
@@ -130,11 +152,14 @@ class Controller:
 
     @staticmethod
     def _state_annotation(state: PolicyState) -> str:
-        return json.dumps({"mode": state.mode, "since": round(state.since, 3),
-                           "prewarm_until": state.prewarm_until}, separators=(",", ":"))
+        return json.dumps(
+            {"mode": state.mode, "since": round(state.since, 3), "prewarm_until": state.prewarm_until},
+            separators=(",", ":"),
+        )
 
-    def _write(self, view: RouterView, weights: Mapping[str, int] | None,
-               annotations: Mapping[str, str | None]) -> RouterView | None:
+    def _write(
+        self, view: RouterView, weights: Mapping[str, int] | None, annotations: Mapping[str, str | None]
+    ) -> RouterView | None:
         """Write with optimistic concurrency. None if the weights changed under us (decide again)."""
         expected = dict(view.weights)
         delays = self.backoff.delays()
@@ -163,6 +188,9 @@ class Controller:
             return True
         leader = self.elector.tick()
         self.metrics.leader.set(1 if leader else 0)
+        self.metrics.api_ok(self.elector.api_reachable)
+        if not self.elector.api_reachable:
+            self.metrics.errors.labels("lease").inc()
         return leader
 
     def step(self) -> Result:
@@ -194,6 +222,7 @@ class Controller:
             log.warning(msg)
             return self._done(Result("unavailable", message=msg))
         self.last_signals_at = signals.at
+        now = self.clock()  # after reading: signals that took too long to read are stale too
         self.metrics.observe_signals(signals, now, self.config.timing.signal_max_age_s)
 
         decision = decide(self.config, self.state, signals, now)
@@ -201,6 +230,10 @@ class Controller:
         if decision.stale:
             log.warning("%s", decision.reason)
             return self._done(Result("stale", decision, decision.reason))
+        if self.elector is not None and not self.elector.is_leader:
+            # Reading took so long that the lease may have passed to another replica: do not write.
+            self.state = None
+            return self._done(Result("standby", decision, "lease expired while reading signals; not acting"))
 
         applied = view.applied
         hand_set_others = {k: v for k, v in view.others.items() if v}
@@ -213,13 +246,22 @@ class Controller:
             return self._done(Result("paused", decision, msg))
         if applied is not None and applied != view.weights:
             extra = f" and {_fmt(hand_set_others)} outside the configured units" if hand_set_others else ""
-            msg = (f"weights were changed by hand ({_fmt(applied)} -> {_fmt(view.weights)}{extra}); pausing. "
-                   f"Remove the annotation {PAUSED} to let the controller manage them again")
+            msg = (
+                f"weights were changed by hand ({_fmt(applied)} -> {_fmt(view.weights)}{extra}); pausing. "
+                f"Remove the annotation {PAUSED} to let the controller manage them again"
+            )
             log.warning(msg)
             if not self.dry_run:
                 stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-                self._write(view, None, {PAUSED: "true", APPLIED: dump_weights(view.weights),
-                                         PAUSED_REASON: f"manual edit of the weights detected at {stamp}"})
+                self._write(
+                    view,
+                    None,
+                    {
+                        PAUSED: "true",
+                        APPLIED: dump_weights(view.weights),
+                        PAUSED_REASON: f"manual edit of the weights detected at {stamp}",
+                    },
+                )
                 if self.events:
                     self.events.record(view.ref, "ManualEdit", msg, "Warning")
             self.state = with_weights(decision.state, view.weights)
@@ -243,11 +285,15 @@ class Controller:
         saved = view.saved_state
         change = decision.weights != view.weights or bool(hand_set_others)
         if hand_set_others:
-            log.warning("router entries outside the configured units carry weight (%s); setting them to 0",
-                        _fmt(hand_set_others))
+            log.warning(
+                "router entries outside the configured units carry weight (%s); setting them to 0",
+                _fmt(hand_set_others),
+            )
         if change or saved is None or saved.get("mode") != decision.state.mode or applied is None:
-            annotations: dict[str, str | None] = {STATE: self._state_annotation(decision.state),
-                                                  APPLIED: dump_weights(decision.weights)}
+            annotations: dict[str, str | None] = {
+                STATE: self._state_annotation(decision.state),
+                APPLIED: dump_weights(decision.weights),
+            }
             if change:
                 annotations[PREVIOUS] = dump_weights(view.weights)
             if PAUSED_REASON in view.annotations:
@@ -262,9 +308,12 @@ class Controller:
             self.metrics.switches.labels(decision.state.mode).inc()
             if self.events:
                 failover = decision.state.mode == CAPACITY
-                self.events.record(view.ref, "Failover" if failover else "Fallback",
-                                   f"{decision.reason}; weights {_fmt(decision.weights)}",
-                                   "Warning" if failover else "Normal")
+                self.events.record(
+                    view.ref,
+                    "Failover" if failover else "Fallback",
+                    f"{decision.reason}; weights {_fmt(decision.weights)}",
+                    "Warning" if failover else "Normal",
+                )
         if change:
             log.info("weights %s (%s)", _fmt(decision.weights), decision.reason)
         else:
@@ -300,8 +349,9 @@ class Controller:
                         self.metrics.api_ok(False)
                         delay = min(t.backoff_max_s, t.backoff_initial_s * 2 ** (failures - 1))
                         next_reconcile = now + delay
-                        log.error("reconcile failed (%d in a row), next try in %.1fs: %s", failures, delay,
-                                  describe(exc))
+                        log.error(
+                            "reconcile failed (%d in a row), next try in %.1fs: %s", failures, delay, describe(exc)
+                        )
                         self._done(Result("error", message=describe(exc)))
                 self.metrics.heartbeat()
                 wait = max(0.0, next_reconcile - self.clock())
@@ -311,9 +361,16 @@ class Controller:
                 self.elector.release()
 
 
-def build(config: ControllerConfig, kube: Kube, *, identity: str | None = None, dry_run: bool = False,
-          clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
-          metrics: Metrics | None = None) -> Controller:
+def build(
+    config: ControllerConfig,
+    kube: Kube,
+    *,
+    identity: str | None = None,
+    dry_run: bool = False,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+    metrics: Metrics | None = None,
+) -> Controller:
     """Wire a Controller to a cluster."""
     identity = identity or default_identity()
     names = [u.name for u in config.units]
@@ -321,24 +378,41 @@ def build(config: ControllerConfig, kube: Kube, *, identity: str | None = None, 
     demand = None
     if config.prometheus is not None:
         demand = PrometheusDemand(config.prometheus, config.namespace, names)
-    signals = KubernetesSignals(config, kube, demand, sleep=sleep,
-                                on_error=lambda source, exc: metrics.errors.labels(source).inc())
+    signals = KubernetesSignals(
+        config, kube, demand, sleep=sleep, on_error=lambda source, exc: metrics.errors.labels(source).inc()
+    )
     elector = None
     if config.lease.enabled and not dry_run:  # a dry run writes nothing, not even the Lease
         elector = LeaseElector(kube, config.lease, identity, clock)
     return Controller(
-        config, signals=signals, router=make_router(kube, config.router, config.units),
+        config,
+        signals=signals,
+        router=make_router(kube, config.router, config.units),
         prewarm=MinReplicasActuator(kube, config.units) if config.prewarm.enabled else None,
-        events=EventRecorder(kube, identity, clock), elector=elector, metrics=metrics, clock=clock, sleep=sleep,
-        dry_run=dry_run)
+        events=EventRecorder(kube, identity, clock),
+        elector=elector,
+        metrics=metrics,
+        clock=clock,
+        sleep=sleep,
+        dry_run=dry_run,
+    )
 
 
-def run_cli(config: ControllerConfig, *, kubeconfig: str | None, context: str | None, once: bool, dry_run: bool,
-            identity: str | None, metrics_port: int | None) -> int:
+def run_cli(
+    config: ControllerConfig,
+    *,
+    kubeconfig: str | None,
+    context: str | None,
+    once: bool,
+    dry_run: bool,
+    identity: str | None,
+    metrics_port: int | None,
+) -> int:
     try:
         kube = Kube(api_client(kubeconfig, context), timeout_s=config.timing.api_timeout_s)
     except Exception as exc:
-        print(f"cannot configure the Kubernetes client: {exc}", file=sys.stderr)
+        where = f"kubeconfig {kubeconfig}" if kubeconfig else "in-cluster config (no --kubeconfig given)"
+        print(f"cannot configure the Kubernetes client from {where}: {exc}", file=sys.stderr)
         return 2
     controller = build(config, kube, identity=identity, dry_run=dry_run)
     if once:
@@ -362,9 +436,15 @@ def run_cli(config: ControllerConfig, *, kubeconfig: str | None, context: str | 
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    log.info("controller starting: %d units, router %s %s/%s, interval %gs%s", len(config.units),
-             config.router.kind, config.router.namespace, config.router.name, config.timing.interval_s,
-             " (dry run)" if dry_run else "")
+    log.info(
+        "controller starting: %d units, router %s %s/%s, interval %gs%s",
+        len(config.units),
+        config.router.kind,
+        config.router.namespace,
+        config.router.name,
+        config.timing.interval_s,
+        " (dry run)" if dry_run else "",
+    )
     try:
         controller.run(stop)
     finally:

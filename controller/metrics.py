@@ -23,8 +23,13 @@ MODES = (COST, CAPACITY)
 
 
 class Metrics:
-    def __init__(self, unit_names: Sequence[str], registry: CollectorRegistry | None = None,
-                 clock: Callable[[], float] = time.time, liveness_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        unit_names: Sequence[str],
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+        liveness_s: float = 120.0,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         self.clock = clock
         self.liveness_s = liveness_s
@@ -44,8 +49,7 @@ class Metrics:
         self.last_reconcile = Gauge(p + "last_reconcile_timestamp_seconds", "End of the last reconcile", registry=r)
         self.ready_replicas = Gauge(p + "unit_ready_replicas", "Ready replicas per unit", ["unit"], registry=r)
         self.desired_replicas = Gauge(p + "unit_desired_replicas", "Desired replicas per unit", ["unit"], registry=r)
-        self.capacity_errors = Gauge(p + "unit_capacity_errors", "Capacity errors in the window", ["unit"],
-                                     registry=r)
+        self.capacity_errors = Gauge(p + "unit_capacity_errors", "Capacity errors in the window", ["unit"], registry=r)
         for m in MODES:
             self.mode.labels(m).set(0)
             self.switches.labels(m)
@@ -92,8 +96,6 @@ class Metrics:
             self.demand.set(decision.demand_rps)
         for name, w in decision.weights.items():
             self.weight.labels(name).set(w)
-        if decision.switched:
-            self.switches.labels(decision.state.mode).inc()
 
     def observe_router(self, weights: Mapping[str, int], paused: bool) -> None:
         for name, w in weights.items():
@@ -147,8 +149,9 @@ class HealthServer:
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        daemon=True, name="controller-http")
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True, name="controller-http"
+        )
 
     def start(self) -> HealthServer:
         self._thread.start()

@@ -136,8 +136,7 @@ def observe(config: ControllerConfig, state: PolicyState, signals: Signals) -> P
     cost_short = any(_unit_short(us[u.name]) for u in cost_units)
     all_obtained = all(us[u.name].ready_replicas >= us[u.name].desired_replicas for u in cost_units)
     any_ready = any(us[u.name].ready_replicas > 0 for u in cost_units)
-    headroom = (not cost_short and all_obtained and any_ready
-                and demand * config.thresholds.headroom_ratio <= cost_max)
+    headroom = not cost_short and all_obtained and any_ready and demand * config.thresholds.headroom_ratio <= cost_max
     ready = {u.name: us[u.name].ready_replicas > 0 for u in config.units}
     obtainable: dict[str, float] = {}
     short_capacity: dict[str, float] = {}
@@ -152,9 +151,17 @@ def observe(config: ControllerConfig, state: PolicyState, signals: Signals) -> P
             obtainable[u.name] = short_capacity[u.name]
         else:
             obtainable[u.name] = float(u.max_replicas)  # can grow to max_replicas
-    return PoolView(demand_rps=demand, demand_estimated=estimated, cost_served_rps=cost_served,
-                    cost_max_rps=cost_max, cost_short=cost_short, cost_headroom=headroom, ready=ready,
-                    obtainable=obtainable, short_capacity=short_capacity)
+    return PoolView(
+        demand_rps=demand,
+        demand_estimated=estimated,
+        cost_served_rps=cost_served,
+        cost_max_rps=cost_max,
+        cost_short=cost_short,
+        cost_headroom=headroom,
+        ready=ready,
+        obtainable=obtainable,
+        short_capacity=short_capacity,
+    )
 
 
 def target_weights(config: ControllerConfig, mode: Mode, view: PoolView) -> dict[str, int]:
@@ -192,15 +199,17 @@ def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: 
             why = f"stale: no signals for {', '.join(missing)}; holding weights"
         else:
             why = f"stale: signals are {_fmt(age)} s old (max {timing.signal_max_age_s:g} s); holding weights"
-        held = current or (cost_optimized_weights(config.units) if state.mode == COST
-                           else capacity_optimized_weights(config.units))
+        held = current or (
+            cost_optimized_weights(config.units) if state.mode == COST else capacity_optimized_weights(config.units)
+        )
         return Decision(state=state, weights=held, switched=False, stale=True, reason=why)
 
     view = observe(config, state, signals)
 
     # ---- headroom clock (reset by any shortage).
-    headroom_since = (state.cost_headroom_since if state.cost_headroom_since is not None else now) \
-        if view.cost_headroom else None
+    headroom_since = (
+        (state.cost_headroom_since if state.cost_headroom_since is not None else now) if view.cost_headroom else None
+    )
 
     mode: Mode = state.mode
     since = state.since
@@ -208,15 +217,21 @@ def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: 
     if state.mode == COST:
         if view.cost_short and view.demand_rps > view.cost_served_rps:
             mode, switched = CAPACITY, True
-            why = (f"failover: cost pool short of capacity and demand {_fmt(view.demand_rps)} rps > "
-                   f"{_fmt(view.cost_served_rps)} rps it serves")
+            why = (
+                f"failover: cost pool short of capacity and demand {_fmt(view.demand_rps)} rps > "
+                f"{_fmt(view.cost_served_rps)} rps it serves"
+            )
         elif view.demand_rps > view.cost_max_rps:
             mode, switched = CAPACITY, True
-            why = (f"failover: demand {_fmt(view.demand_rps)} rps exceeds the cost pool maximum "
-                   f"{_fmt(view.cost_max_rps)} rps")
+            why = (
+                f"failover: demand {_fmt(view.demand_rps)} rps exceeds the cost pool maximum "
+                f"{_fmt(view.cost_max_rps)} rps"
+            )
         else:
-            why = (f"cost-optimized: demand {_fmt(view.demand_rps)} rps, cost pool serves "
-                   f"{_fmt(view.cost_served_rps)} rps" + (" (short of capacity)" if view.cost_short else ""))
+            why = (
+                f"cost-optimized: demand {_fmt(view.demand_rps)} rps, cost pool serves "
+                f"{_fmt(view.cost_served_rps)} rps" + (" (short of capacity)" if view.cost_short else "")
+            )
     else:
         in_state = now - state.since
         held = now - headroom_since if headroom_since is not None else 0.0
@@ -224,12 +239,16 @@ def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: 
             mode, switched = COST, True
             why = f"fallback: cost pool had headroom for {_fmt(held)} s (hold {timing.fallback_hold_s:g} s)"
         elif headroom_since is not None:
-            why = (f"capacity-optimized: cost pool headroom for {_fmt(held)} s of {timing.fallback_hold_s:g} s, "
-                   f"{_fmt(in_state)} s in state (min {timing.min_state_s:g} s)")
+            why = (
+                f"capacity-optimized: cost pool headroom for {_fmt(held)} s of {timing.fallback_hold_s:g} s, "
+                f"{_fmt(in_state)} s in state (min {timing.min_state_s:g} s)"
+            )
         else:
             why = "capacity-optimized: cost pool has no headroom" + (
-                " (short of capacity)" if view.cost_short else
-                f" (demand {_fmt(view.demand_rps)} rps, cost pool max {_fmt(view.cost_max_rps)} rps)")
+                " (short of capacity)"
+                if view.cost_short
+                else f" (demand {_fmt(view.demand_rps)} rps, cost pool max {_fmt(view.cost_max_rps)} rps)"
+            )
     if switched:
         since = now
 
@@ -253,10 +272,12 @@ def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: 
     prewarm_until = state.prewarm_until
     if config.prewarm.enabled:
         cost_units = config.cost_units
-        trigger = (view.cost_short
-                   or any(signals.units[u.name].pending_replicas > 0 for u in cost_units)
-                   or view.demand_rps > config.prewarm.utilization * view.cost_max_rps
-                   or mode == CAPACITY)
+        trigger = (
+            view.cost_short
+            or any(signals.units[u.name].pending_replicas > 0 for u in cost_units)
+            or view.demand_rps > config.prewarm.utilization * view.cost_max_rps
+            or mode == CAPACITY
+        )
         if trigger:
             prewarm_until = now + config.prewarm.hold_s
         if prewarm_until is not None and now < prewarm_until:
@@ -265,10 +286,23 @@ def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: 
             prewarm_until = None
             prewarm = {u.name: u.min_replicas for u in config.capacity_units}
 
-    new_state = PolicyState(mode=mode, since=since, cost_headroom_since=headroom_since, weights=dict(weights),
-                            prewarm_until=prewarm_until, short_capacity=view.short_capacity)
-    return Decision(state=new_state, weights=dict(weights), switched=switched, stale=False, reason=why,
-                    prewarm=prewarm, demand_rps=view.demand_rps)
+    new_state = PolicyState(
+        mode=mode,
+        since=since,
+        cost_headroom_since=headroom_since,
+        weights=dict(weights),
+        prewarm_until=prewarm_until,
+        short_capacity=view.short_capacity,
+    )
+    return Decision(
+        state=new_state,
+        weights=dict(weights),
+        switched=switched,
+        stale=False,
+        reason=why,
+        prewarm=prewarm,
+        demand_rps=view.demand_rps,
+    )
 
 
 def _renormalize(live: Mapping[str, float], fallback: Mapping[str, int]) -> dict[str, int]:
@@ -280,4 +314,3 @@ def _renormalize(live: Mapping[str, float], fallback: Mapping[str, int]) -> dict
 def with_weights(state: PolicyState, weights: Mapping[str, int]) -> PolicyState:
     """The same state with the weights actually in effect (after a paused or failed actuation)."""
     return replace(state, weights=dict(weights))
-

@@ -15,9 +15,10 @@ small protocols so others (CloudWatch through boto3, a recorded trace) can be ad
 * desired replicas -- the Knative PodAutoscaler's ``status.desiredScale`` (KPA), else the
   predictor Deployment's ``spec.replicas`` (raw deployment mode), else the number of live pods;
 * capacity errors -- Warning events with reason ``InsufficientCapacityError`` in the last
-  ``timing.capacity_error_window_s`` attributed to the unit's NodePool (NodeClaims are named
-  ``<nodepool>-<suffix>`` and labelled ``karpenter.sh/nodepool``), or to the unit's own pods, plus
-  the NodePool's NodeClaims whose ``Launched`` condition is False.
+  ``timing.capacity_error_window_s`` (listed in ``default``, where events about cluster-scoped
+  NodeClaims/NodePools are recorded, and in the units' namespaces) attributed to the unit's
+  NodePool (NodeClaims are named ``<nodepool>-<suffix>`` and labelled ``karpenter.sh/nodepool``)
+  or to the unit's own pods, plus the NodePool's NodeClaims whose ``Launched`` condition is False.
 
 Demand comes from the configured :class:`DemandSource` (Prometheus); when there is none, or it
 fails, ``demand_rps`` is None and the policy estimates demand from the desired replicas.
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
 NODEPOOL_LABEL = "karpenter.sh/nodepool"
 ICE_REASON = "InsufficientCapacityError"
+EVENTS_NAMESPACE = "default"  # where Kubernetes records events about cluster-scoped objects
 
 
 class SignalError(Exception):
@@ -99,8 +101,13 @@ def pod_counts(pods: Iterable[dict], now: float, grace_s: float) -> tuple[int, i
 
 def event_time(ev: dict) -> float | None:
     series = ev.get("series") or {}
-    for value in (series.get("lastObservedTime"), ev.get("lastTimestamp"), ev.get("eventTime"),
-                  ev.get("firstTimestamp"), (ev.get("metadata") or {}).get("creationTimestamp")):
+    for value in (
+        series.get("lastObservedTime"),
+        ev.get("lastTimestamp"),
+        ev.get("eventTime"),
+        ev.get("firstTimestamp"),
+        (ev.get("metadata") or {}).get("creationTimestamp"),
+    ):
         t = parse_time(value)
         if t is not None:
             return t
@@ -121,11 +128,15 @@ def nodepool_of(name: str, pools: Iterable[str], claim_pools: dict[str, str]) ->
 class PrometheusDemand:
     """Total request rate from a Prometheus instant query (``/api/v1/query``)."""
 
-    def __init__(self, prom: Prometheus, namespace: str, names: Iterable[str],
-                 opener: Callable[..., object] = urllib.request.urlopen) -> None:
+    def __init__(
+        self,
+        prom: Prometheus,
+        namespace: str,
+        names: Iterable[str],
+        opener: Callable[..., object] = urllib.request.urlopen,
+    ) -> None:
         self.prom = prom
-        self.query = string.Template(prom.query).safe_substitute(namespace=namespace,
-                                                                 names="|".join(sorted(names)))
+        self.query = string.Template(prom.query).safe_substitute(namespace=namespace, names="|".join(sorted(names)))
         self.opener = opener
 
     def demand_rps(self, now: float) -> float:
@@ -149,9 +160,14 @@ class PrometheusDemand:
 class KubernetesSignals:
     """Reads :class:`Signals` for every configured unit through the Kubernetes API."""
 
-    def __init__(self, config: ControllerConfig, kube: Kube, demand: DemandSource | None = None,
-                 sleep: Callable[[float], None] = time.sleep,
-                 on_error: Callable[[str, BaseException], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: ControllerConfig,
+        kube: Kube,
+        demand: DemandSource | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        on_error: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
         self.config = config
         self.kube = kube
         self.demand = demand
@@ -159,6 +175,9 @@ class KubernetesSignals:
         self.on_error = on_error or (lambda source, exc: None)
         t = config.timing
         self.backoff = Backoff(retries=t.api_retries, initial_s=t.backoff_initial_s, max_s=t.backoff_max_s)
+        # Events about cluster-scoped objects (NodeClaims, NodePools) are recorded in "default";
+        # events about the units' pods in the units' namespaces. Listing only these keeps RBAC to Roles.
+        self.event_namespaces = sorted({EVENTS_NAMESPACE} | {u.namespace for u in config.units})
         self._has_kpa = True
         self._has_nodeclaims = True
         self.last_demand_error: str | None = None
@@ -167,9 +186,12 @@ class KubernetesSignals:
         return with_retry(fn, self.backoff, self.sleep, what, on_retry=lambda e: self.on_error("kubernetes", e))
 
     def _isvc_ready(self, unit: Unit) -> bool:
-        obj = self._retry(lambda: self.kube.get_custom("serving.kserve.io", "v1beta1", unit.namespace,
-                                                       "inferenceservices", unit.name),
-                          f"get InferenceService {unit.namespace}/{unit.name}")
+        obj = self._retry(
+            lambda: self.kube.get_custom(
+                "serving.kserve.io", "v1beta1", unit.namespace, "inferenceservices", unit.name
+            ),
+            f"get InferenceService {unit.namespace}/{unit.name}",
+        )
         if obj is None:
             raise SignalError(f"InferenceService {unit.namespace}/{unit.name} not found")
         cond = _condition(obj, "Ready")
@@ -179,17 +201,21 @@ class KubernetesSignals:
         selector = f"{ISVC_LABEL}={unit.name}"
         if self._has_kpa:
             try:
-                pas = self._retry(lambda: self.kube.list_custom(*KNATIVE_PA, "podautoscalers",
-                                                                namespace=unit.namespace, label_selector=selector),
-                                  f"list PodAutoscalers of {unit.name}")
+                pas = self._retry(
+                    lambda: self.kube.list_custom(
+                        *KNATIVE_PA, "podautoscalers", namespace=unit.namespace, label_selector=selector
+                    ),
+                    f"list PodAutoscalers of {unit.name}",
+                )
                 scales = [(pa.get("status") or {}).get("desiredScale") for pa in pas]
                 scales = [int(s) for s in scales if isinstance(s, int | float) and s >= 0]
                 if scales:
                     return sum(scales)
             except NotFound:
                 self._has_kpa = False  # Knative not installed: raw deployment mode
-        deps = self._retry(lambda: self.kube.list_deployments(unit.namespace, selector),
-                           f"list Deployments of {unit.name}")
+        deps = self._retry(
+            lambda: self.kube.list_deployments(unit.namespace, selector), f"list Deployments of {unit.name}"
+        )
         replicas = [(d.get("spec") or {}).get("replicas") for d in deps]
         replicas = [int(r) for r in replicas if isinstance(r, int)]
         if replicas:
@@ -215,8 +241,12 @@ class KubernetesSignals:
                         per_pool[pool] = per_pool.get(pool, 0) + 1
             except NotFound:
                 self._has_nodeclaims = False  # Karpenter not installed
-        events = self._retry(lambda: self.kube.list_events(f"reason={ICE_REASON},type=Warning"),
-                             "list InsufficientCapacityError events")
+        events: list[dict] = []
+        for ns in self.event_namespaces:
+            events += self._retry(
+                lambda ns=ns: self.kube.list_events(ns, f"reason={ICE_REASON},type=Warning"),
+                f"list InsufficientCapacityError events in {ns}",
+            )
         per_pod: dict[str, int] = {}
         for ev in events:
             t = event_time(ev)
@@ -239,16 +269,21 @@ class KubernetesSignals:
         per_pool, per_pod = self._capacity_errors(now)
         units: dict[str, UnitSignals] = {}
         for u in self.config.units:
-            pods = self._retry(lambda u=u: self.kube.list_pods(u.namespace, f"{ISVC_LABEL}={u.name}"),
-                               f"list pods of {u.name}")
+            pods = self._retry(
+                lambda u=u: self.kube.list_pods(u.namespace, f"{ISVC_LABEL}={u.name}"), f"list pods of {u.name}"
+            )
             live, ready, pending, unschedulable = pod_counts(pods, now, grace)
             if not self._isvc_ready(u):
                 ready = 0
             errors = per_pool.get(u.nodepool, 0) if u.nodepool else 0
             errors += sum(per_pod.get(f"{u.namespace}/{p['metadata']['name']}", 0) for p in pods)
-            units[u.name] = UnitSignals(ready_replicas=ready, desired_replicas=self._desired(u, live),
-                                        pending_replicas=pending, unschedulable_replicas=unschedulable,
-                                        capacity_errors=errors)
+            units[u.name] = UnitSignals(
+                ready_replicas=ready,
+                desired_replicas=self._desired(u, live),
+                pending_replicas=pending,
+                unschedulable_replicas=unschedulable,
+                capacity_errors=errors,
+            )
         demand = None
         if self.demand is not None:
             try:

@@ -95,8 +95,9 @@ def cost_optimized_weights(units: Iterable[Unit], ready: Mapping[str, bool] | No
     return integer_weights(shares)
 
 
-def capacity_optimized_weights(units: Iterable[Unit], capacity: Mapping[str, float] | None = None,
-                               ready: Mapping[str, bool] | None = None) -> dict[str, int]:
+def capacity_optimized_weights(
+    units: Iterable[Unit], capacity: Mapping[str, float] | None = None, ready: Mapping[str, bool] | None = None
+) -> dict[str, int]:
     """Capacity-optimized state: spread over every pool by the capacity each unit can get.
 
     share_i = adjusted_throughput_i * capacity_i, where adjusted throughput follows seed Table 2
@@ -142,5 +143,8 @@ def ramp_weights(current: Mapping[str, int], target: Mapping[str, int], max_step
 def valid_weights(weights: Mapping[str, int], names: Iterable[str]) -> bool:
     """True if weights cover exactly ``names`` with non-negative integers summing to 100."""
     names = list(names)
-    return (set(weights) == set(names) and all(isinstance(v, int) and v >= 0 for v in weights.values())
-            and sum(weights.values()) == 100)
+    return (
+        set(weights) == set(names)
+        and all(isinstance(v, int) and v >= 0 for v in weights.values())
+        and sum(weights.values()) == 100
+    )

@@ -8,6 +8,7 @@ while a large model loads and reports the model ready only once it has produced 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -46,6 +47,9 @@ class PredictorModel(Model):
         self.warmup = warmup
         self.labels = {"model_name": name, "device": device.kind}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        # Encoding results (PNG + base64: ~50 ms per 512x512 image) must not run on the event loop,
+        # nor delay the next batch on the inference thread.
+        self.encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
         self.batcher = DynamicBatcher(
             task.run_batch,
             task.batch_key,
@@ -91,6 +95,7 @@ class PredictorModel(Model):
     def stop(self) -> None:
         self.ready = False
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.encoder.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------- metadata
 
@@ -125,10 +130,11 @@ class PredictorModel(Model):
         items = self.task.parse_v2(request)
         results = await self.batcher.submit(items)
         binary = bool(request.use_binary_outputs)
+        outputs = await asyncio.get_running_loop().run_in_executor(self.encoder, self.task.v2_outputs, results, binary)
         return InferResponse(
             response_id=request.id or str(uuid.uuid4()),
             model_name=self.name,
-            infer_outputs=self.task.v2_outputs(results, binary=binary),
+            infer_outputs=outputs,
             from_grpc=request.from_grpc,
             use_binary_outputs=binary,
             requested_outputs=request.request_outputs,
@@ -137,7 +143,8 @@ class PredictorModel(Model):
     async def _predict_v1(self, body: dict) -> dict:
         items = self.task.parse_v1(body)
         results = await self.batcher.submit(items)
-        return {"predictions": self.task.v1_predictions(results)}
+        predictions = await asyncio.get_running_loop().run_in_executor(self.encoder, self.task.v1_predictions, results)
+        return {"predictions": predictions}
 
     def _observe_batch(self, stats: BatchStats) -> None:
         metrics.BATCH_SIZE.labels(**self.labels).observe(stats.size)

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Mapping
 from http import HTTPStatus
 from typing import Any
 
+from fastapi import Request  # at module level: the route signatures below are resolved from these globals
 from kserve.errors import InvalidInput, ModelNotReady
 
 from predictor.batching import QueueFullError
@@ -290,7 +291,6 @@ class _Response:
 
 def install_openai_routes(model: OpenAITextGenerationModel, app=None, prefix: str = ROUTE_PREFIX) -> None:
     """Add the OpenAI routes for ``model`` to KServe's FastAPI app (before the server starts)."""
-    from fastapi import Request
     from fastapi.responses import JSONResponse, StreamingResponse
 
     if app is None:

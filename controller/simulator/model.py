@@ -233,7 +233,7 @@ class _UnitState:
         self.target = kpa.target_utilisation * u.max_throughput  # rps per replica
         self.ready = 0
         self.starting: deque[float] = deque()  # ready-at times, ascending
-        self.blocked: deque[float] = deque()  # blocked-since times, ascending
+        self.blocked: deque[float] = deque()  # blocked-since times; scheduled from the left (evicted pods first)
         self.desired = 0
         self.floor = max(u.min_replicas, 0 if kpa.scale_to_zero else 1)
         self.panic_since: float | None = None

@@ -129,7 +129,7 @@ def summarise(config: ControllerConfig, runs: Mapping[str, Run], settings: SimSe
     if {"controller", "oracle"} <= set(pol):
         goals = {
             "cost_within_10pct_of_oracle": pol["controller"]["cost_vs_oracle"] is not None
-            and pol["controller"]["cost_vs_oracle"] <= 1.10,
+            and abs(pol["controller"]["cost_vs_oracle"] - 1.0) <= 0.10,
             "nothing_dropped_that_capacity_allowed": pol["controller"]["excess_dropped"] < 1.0,
         }
         if "seed-two-state" in pol:

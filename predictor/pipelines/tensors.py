@@ -30,6 +30,10 @@ def request_parameters(request: InferRequest, known: Iterable[str]) -> dict[str,
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise InvalidInput(f"unknown parameter(s) {unknown}; supported: {sorted(known)}")
+    for key, value in raw.items():
+        if value is None:
+            # KServe's gRPC InferParameter has bool, int64 and string only: a double arrives empty.
+            raise InvalidInput(f"parameter {key} has no readable value; over gRPC send fractional numbers as strings")
     return raw
 
 

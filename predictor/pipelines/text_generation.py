@@ -3,7 +3,7 @@
 Wire format (KServe v2 / Open Inference Protocol):
   input    ``text_input`` BYTES [N] (UTF-8 prompts, sent as they are: no chat template)
   params   ``max_tokens`` (1..the context left after the prompt), ``temperature`` (0..2, 0 = greedy),
-           ``top_p`` (0 < p <= 1), ``stop`` (a string; a list of up to 4 strings in JSON), ``seed``
+           ``top_p`` (0 < p <= 1), ``stop`` (a string, or up to 4 as a JSON array in a string), ``seed``
   outputs  ``text_output`` BYTES [N], ``finish_reason`` BYTES [N] ("stop" or "length")
 v1: ``{"instances": ["prompt", {"prompt": ...}], "parameters": {...}}`` ->
 ``{"predictions": [{"text": ..., "finish_reason": ...}]}``.
@@ -21,6 +21,7 @@ by default, and greedy decoding when it does not.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -358,6 +359,8 @@ class TextGenerationTask(Task):
     def parse_v2(self, request: InferRequest) -> list[GenerateItem]:
         tensors.check_input_names(request, ["text_input"])
         raw = tensors.request_parameters(request, PARAMETER_NAMES)
+        if "stop" in raw:
+            raw["stop"] = v2_stop(raw["stop"])
         prompts = tensors.text_elements(request, "text_input", MAX_PROMPT_CHARS)
         return self.items(prompts, raw)
 
@@ -471,6 +474,20 @@ class TextGenerationTask(Task):
 
     def v1_predictions(self, results: Sequence[Generation]) -> list[dict]:
         return [{"text": r.text, "finish_reason": r.finish_reason} for r in results]
+
+
+def v2_stop(value: Any) -> Any:
+    """v2 parameters are scalars: several stop sequences come as a JSON array in a string."""
+    if isinstance(value, bytes):
+        value = tensors.as_text(value, "parameter stop")
+    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
+        try:
+            decoded = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        if isinstance(decoded, list):
+            return decoded
+    return value
 
 
 def stop_sequences(value: Any) -> tuple[str, ...]:

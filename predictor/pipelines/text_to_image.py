@@ -34,6 +34,8 @@ PARAMETER_NAMES = ("num_inference_steps", "guidance_scale", "height", "width", "
 MAX_GUIDANCE_SCALE = 50.0
 MAX_PROMPT_CHARS = 4096
 MAX_SEED = 2**63 - 1
+# zlib level 1 encodes several times faster than the default 6 for noisy generated images, a few % larger.
+PNG_COMPRESS_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ def load_backend(model_dir: str, device_kind: str, options: Mapping[str, Any]) -
 
 def encode_png(image) -> str:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

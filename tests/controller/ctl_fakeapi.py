@@ -32,12 +32,25 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 CLUSTER_SCOPED = {"nodeclaims", "nodepools", "nodes", "namespaces", "ec2nodeclasses"}
-CORE_GROUPS = {"api/v1", "apis/apps/v1", "apis/networking.k8s.io/v1", "apis/coordination.k8s.io/v1",
-               "apis/events.k8s.io/v1"}
+CORE_GROUPS = {
+    "api/v1",
+    "apis/apps/v1",
+    "apis/networking.k8s.io/v1",
+    "apis/coordination.k8s.io/v1",
+    "apis/events.k8s.io/v1",
+}
 KINDS = {
-    "pods": "Pod", "events": "Event", "leases": "Lease", "ingresses": "Ingress", "deployments": "Deployment",
-    "inferenceservices": "InferenceService", "inferencegraphs": "InferenceGraph", "nodeclaims": "NodeClaim",
-    "nodepools": "NodePool", "podautoscalers": "PodAutoscaler", "configmaps": "ConfigMap",
+    "pods": "Pod",
+    "events": "Event",
+    "leases": "Lease",
+    "ingresses": "Ingress",
+    "deployments": "Deployment",
+    "inferenceservices": "InferenceService",
+    "inferencegraphs": "InferenceGraph",
+    "nodeclaims": "NodeClaim",
+    "nodepools": "NodePool",
+    "podautoscalers": "PodAutoscaler",
+    "configmaps": "ConfigMap",
 }
 
 
@@ -197,8 +210,9 @@ class FakeKube:
         self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True, name="fake-kube")
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True, name="fake-kube"
+        )
         self._thread.start()
         return self
 
@@ -218,7 +232,9 @@ class FakeKube:
 
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
         cfg = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "fake",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
             "users": [{"name": "fake", "user": {"token": "fake-token"}}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
@@ -256,8 +272,11 @@ class FakeKube:
         plural = _plural(kind)
         base = self._base(api_version)
         with self._lock:
-            return [copy.deepcopy(o) for (b, p, ns, _), o in sorted(self._objects.items())
-                    if b == base and p == plural and (namespace is None or ns == namespace)]
+            return [
+                copy.deepcopy(o)
+                for (b, p, ns, _), o in sorted(self._objects.items())
+                if b == base and p == plural and (namespace is None or ns == namespace)
+            ]
 
     def edit(self, api_version: str, kind: str, name: str, namespace: str, fn) -> dict:
         """Apply fn(obj) -> None in place, bump the resourceVersion (a 'person' editing)."""
@@ -272,13 +291,21 @@ class FakeKube:
     def delete(self, api_version: str, kind: str, name: str, namespace: str = "") -> None:
         plural = _plural(kind)
         with self._lock:
-            self._objects.pop((self._base(api_version), plural, "" if plural in CLUSTER_SCOPED else namespace,
-                               name), None)
+            self._objects.pop(
+                (self._base(api_version), plural, "" if plural in CLUSTER_SCOPED else namespace, name), None
+            )
 
     # ------------------------------------------------------------------ faults and log
 
-    def fail(self, path_regex: str, status: int = 500, times: int = 1, method: str | None = None,
-             delay_s: float = 0.0, reason: str = "InternalError") -> None:
+    def fail(
+        self,
+        path_regex: str,
+        status: int = 500,
+        times: int = 1,
+        method: str | None = None,
+        delay_s: float = 0.0,
+        reason: str = "InternalError",
+    ) -> None:
         """The next ``times`` requests matching method/path get ``status`` (after ``delay_s``).
         status 0 means: only delay, then serve normally."""
         with self._lock:
@@ -347,15 +374,20 @@ class FakeKube:
         for (b, p, n, _), obj in sorted(self._objects.items()):
             if b != base or p != plural or (ns and n != ns):
                 continue
-            if "labelSelector" in query and not _selector_matches(obj["metadata"].get("labels") or {},
-                                                                   query["labelSelector"]):
+            if "labelSelector" in query and not _selector_matches(
+                obj["metadata"].get("labels") or {}, query["labelSelector"]
+            ):
                 continue
             if "fieldSelector" in query and not _fields_match(obj, query["fieldSelector"]):
                 continue
             items.append(copy.deepcopy(obj))
         kind = KINDS.get(plural, plural.capitalize()) + "List"
-        return 200, {"kind": kind, "apiVersion": base.split("/", 1)[1] if base != "api/v1" else "v1",
-                     "metadata": {"resourceVersion": str(next(self._rv))}, "items": items}
+        return 200, {
+            "kind": kind,
+            "apiVersion": base.split("/", 1)[1] if base != "api/v1" else "v1",
+            "metadata": {"resourceVersion": str(next(self._rv))},
+            "items": items,
+        }
 
     def _create(self, base, plural, ns, obj):
         if not isinstance(obj, dict):
@@ -386,9 +418,13 @@ class FakeKube:
             return 404, _status(404, "NotFound", f'{plural} "{name}" not found')
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if rv and rv != current["metadata"]["resourceVersion"]:
-            return 409, _status(409, "Conflict", f'Operation cannot be fulfilled on {plural} "{name}": '
-                                                 "the object has been modified; please apply your changes "
-                                                 "to the latest version and try again")
+            return 409, _status(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {plural} "{name}": '
+                "the object has been modified; please apply your changes "
+                "to the latest version and try again",
+            )
         problem = _admit(plural, obj)
         if problem:
             return 422, _status(422, "Invalid", problem)
@@ -414,16 +450,20 @@ class FakeKube:
             elif ctype == "application/strategic-merge-patch+json" and base in CORE_GROUPS:
                 updated = merge_patch(current, patch)  # close enough for maps
             else:
-                return 415, _status(415, "UnsupportedMediaType",
-                                    f"the body of the request was in an unknown format - accepted media types "
-                                    f"include: application/json-patch+json, application/merge-patch+json "
-                                    f"(got {ctype!r})")
+                return 415, _status(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format - accepted media types "
+                    f"include: application/json-patch+json, application/merge-patch+json "
+                    f"(got {ctype!r})",
+                )
         except PatchError as exc:
             return 422, _status(422, "Invalid", str(exc))
         rv = (updated.get("metadata") or {}).get("resourceVersion")
         if rv and rv != current["metadata"]["resourceVersion"]:
-            return 409, _status(409, "Conflict", f'Operation cannot be fulfilled on {plural} "{name}": '
-                                                 "the object has been modified")
+            return 409, _status(
+                409, "Conflict", f'Operation cannot be fulfilled on {plural} "{name}": the object has been modified'
+            )
         problem = _admit(plural, updated)
         if problem:
             return 422, _status(422, "Invalid", problem)
@@ -469,8 +509,15 @@ def _admit(plural: str, obj: dict) -> str | None:
 
 
 def _status(code: int, reason: str, message: str) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -508,70 +555,139 @@ class _Handler(BaseHTTPRequestHandler):
 
 def isvc(name: str, namespace: str, ready: bool = True, min_replicas: int = 1, max_replicas: int = 10) -> dict:
     return {
-        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {"predictor": {"minReplicas": min_replicas, "maxReplicas": max_replicas,
-                               "model": {"modelFormat": {"name": "custom"}}}},
+        "spec": {
+            "predictor": {
+                "minReplicas": min_replicas,
+                "maxReplicas": max_replicas,
+                "model": {"modelFormat": {"name": "custom"}},
+            }
+        },
         "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
     }
 
 
-def pod(name: str, namespace: str, isvc_name: str, *, ready: bool = True, unschedulable_since: float | None = None,
-        phase: str | None = None) -> dict:
+def pod(
+    name: str,
+    namespace: str,
+    isvc_name: str,
+    *,
+    ready: bool = True,
+    unschedulable_since: float | None = None,
+    phase: str | None = None,
+) -> dict:
     conditions = []
     if unschedulable_since is not None:
         phase = phase or "Pending"
-        conditions.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                           "lastTransitionTime": now_iso(unschedulable_since),
-                           "message": "0/3 nodes are available"})
+        conditions.append(
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "lastTransitionTime": now_iso(unschedulable_since),
+                "message": "0/3 nodes are available",
+            }
+        )
     else:
         phase = phase or ("Running" if ready else "Pending")
         conditions.append({"type": "PodScheduled", "status": "True"})
         conditions.append({"type": "Ready", "status": "True" if ready else "False"})
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace,
-                         "labels": {"serving.kserve.io/inferenceservice": isvc_name}},
-            "spec": {"containers": [{"name": "kserve-container", "image": "x"}]},
-            "status": {"phase": phase, "conditions": conditions}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"serving.kserve.io/inferenceservice": isvc_name}},
+        "spec": {"containers": [{"name": "kserve-container", "image": "x"}]},
+        "status": {"phase": phase, "conditions": conditions},
+    }
 
 
 def podautoscaler(isvc_name: str, namespace: str, desired: int, actual: int | None = None) -> dict:
-    return {"apiVersion": "autoscaling.internal.knative.dev/v1alpha1", "kind": "PodAutoscaler",
-            "metadata": {"name": f"{isvc_name}-predictor-00001", "namespace": namespace,
-                         "labels": {"serving.kserve.io/inferenceservice": isvc_name}},
-            "status": {"desiredScale": desired, "actualScale": desired if actual is None else actual}}
+    return {
+        "apiVersion": "autoscaling.internal.knative.dev/v1alpha1",
+        "kind": "PodAutoscaler",
+        "metadata": {
+            "name": f"{isvc_name}-predictor-00001",
+            "namespace": namespace,
+            "labels": {"serving.kserve.io/inferenceservice": isvc_name},
+        },
+        "status": {"desiredScale": desired, "actualScale": desired if actual is None else actual},
+    }
 
 
 def ice_event(name: str, nodepool: str, at: float, namespace: str = "default") -> dict:
     nodeclaim = f"{nodepool}-{name}"
-    return {"apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{nodeclaim}.{uuid.uuid4().hex[:8]}", "namespace": namespace},
-            "involvedObject": {"apiVersion": "karpenter.sh/v1", "kind": "NodeClaim", "name": nodeclaim},
-            "reason": "InsufficientCapacityError", "type": "Warning",
-            "message": f"NodeClaim {nodeclaim} event: creating nodeclaim, insufficient capacity",
-            "firstTimestamp": now_iso(at), "lastTimestamp": now_iso(at), "count": 1}
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{nodeclaim}.{uuid.uuid4().hex[:8]}", "namespace": namespace},
+        "involvedObject": {"apiVersion": "karpenter.sh/v1", "kind": "NodeClaim", "name": nodeclaim},
+        "reason": "InsufficientCapacityError",
+        "type": "Warning",
+        "message": f"NodeClaim {nodeclaim} event: creating nodeclaim, insufficient capacity",
+        "firstTimestamp": now_iso(at),
+        "lastTimestamp": now_iso(at),
+        "count": 1,
+    }
 
 
 def nodeclaim(name: str, nodepool: str, launched: str = "False") -> dict:
-    return {"apiVersion": "karpenter.sh/v1", "kind": "NodeClaim",
-            "metadata": {"name": name, "labels": {"karpenter.sh/nodepool": nodepool}},
-            "status": {"conditions": [{"type": "Launched", "status": launched, "reason": "InsufficientCapacity"}]}}
+    return {
+        "apiVersion": "karpenter.sh/v1",
+        "kind": "NodeClaim",
+        "metadata": {"name": name, "labels": {"karpenter.sh/nodepool": nodepool}},
+        "status": {"conditions": [{"type": "Launched", "status": launched, "reason": "InsufficientCapacity"}]},
+    }
 
 
 def inference_graph(name: str, namespace: str, weights: dict[str, int]) -> dict:
-    return {"apiVersion": "serving.kserve.io/v1alpha1", "kind": "InferenceGraph",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"nodes": {"root": {"routerType": "Splitter",
-                                        "steps": [{"serviceName": n, "name": n, "weight": w}
-                                                  for n, w in weights.items()]}}}}
+    return {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "InferenceGraph",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "nodes": {
+                "root": {
+                    "routerType": "Splitter",
+                    "steps": [{"serviceName": n, "name": n, "weight": w} for n, w in weights.items()],
+                }
+            }
+        },
+    }
 
 
 def alb_ingress(name: str, namespace: str, action: str, weights: dict[str, int]) -> dict:
-    fwd = {"type": "forward", "forwardConfig": {"targetGroups": [
-        {"serviceName": n, "servicePort": 80, "weight": w} for n, w in weights.items()]}}
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-            "metadata": {"name": name, "namespace": namespace,
-                         "annotations": {"kubernetes.io/ingress.class": "alb",
-                                         f"alb.ingress.kubernetes.io/actions.{action}": json.dumps(fwd)}},
-            "spec": {"rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {
-                "service": {"name": action, "port": {"name": "use-annotation"}}}}]}}]}}
+    fwd = {
+        "type": "forward",
+        "forwardConfig": {
+            "targetGroups": [{"serviceName": n, "servicePort": 80, "weight": w} for n, w in weights.items()]
+        },
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "annotations": {
+                "kubernetes.io/ingress.class": "alb",
+                f"alb.ingress.kubernetes.io/actions.{action}": json.dumps(fwd),
+            },
+        },
+        "spec": {
+            "rules": [
+                {
+                    "http": {
+                        "paths": [
+                            {
+                                "path": "/",
+                                "pathType": "Prefix",
+                                "backend": {"service": {"name": action, "port": {"name": "use-annotation"}}},
+                            }
+                        ]
+                    }
+                }
+            ]
+        },
+    }

@@ -50,14 +50,32 @@ def config_dict(**overrides) -> dict:
     data = {
         "namespace": NS,
         "units": [
-            {"name": n, "pool": p, "instance_type": "x", "price_per_hour": price, "max_throughput": tput,
-             "latency_s": lat, "min_replicas": 1, "max_replicas": 10, "nodepool": pool}
+            {
+                "name": n,
+                "pool": p,
+                "instance_type": "x",
+                "price_per_hour": price,
+                "max_throughput": tput,
+                "latency_s": lat,
+                "min_replicas": 1,
+                "max_replicas": 10,
+                "nodepool": pool,
+            }
             for n, (p, price, tput, lat, pool) in UNITS.items()
         ],
         "router": {"kind": "inferencegraph", "name": "sd21-router"},
-        "timing": {"interval_s": INTERVAL, "signal_max_age_s": 120, "pending_grace_s": 60, "min_state_s": 120,
-                   "fallback_hold_s": 300, "capacity_error_window_s": 300, "api_timeout_s": 2,
-                   "backoff_initial_s": 0.01, "backoff_max_s": 0.05, "api_retries": 3},
+        "timing": {
+            "interval_s": INTERVAL,
+            "signal_max_age_s": 120,
+            "pending_grace_s": 60,
+            "min_state_s": 120,
+            "fallback_hold_s": 300,
+            "capacity_error_window_s": 300,
+            "api_timeout_s": 2,
+            "backoff_initial_s": 0.01,
+            "backoff_max_s": 0.05,
+            "api_retries": 3,
+        },
         "prewarm": {"enabled": True, "min_replicas": 2, "hold_s": 120},
         "lease": {"name": "traffic-controller", "duration_s": 15, "renew_s": 5},
         "metrics_port": 0,
@@ -96,8 +114,15 @@ class World:
     def ingress(self, weights: dict[str, int], action: str = "weighted-routing") -> None:
         self.fake.put(alb_ingress("sd21-ing", NS, action, weights))
 
-    def set_unit(self, name: str, ready: int, desired: int | None = None, unschedulable: int = 0,
-                 unschedulable_for: float = 600.0, pending: int = 0) -> None:
+    def set_unit(
+        self,
+        name: str,
+        ready: int,
+        desired: int | None = None,
+        unschedulable: int = 0,
+        unschedulable_for: float = 600.0,
+        pending: int = 0,
+    ) -> None:
         """Replace the unit's pods: ready ones, plain pending ones, and unschedulable ones."""
         for p in self.fake.list("v1", "Pod", NS):
             if p["metadata"]["labels"].get("serving.kserve.io/inferenceservice") == name:
@@ -150,21 +175,26 @@ class World:
         return g["metadata"].get("annotations") or {}
 
     def events(self, reason: str | None = None) -> list[dict]:
-        evs = [e for e in self.fake.list("v1", "Event", NS)
-               if e.get("involvedObject", {}).get("kind") == "InferenceGraph"]
+        evs = [
+            e for e in self.fake.list("v1", "Event", NS) if e.get("involvedObject", {}).get("kind") == "InferenceGraph"
+        ]
         return [e for e in evs if reason is None or e["reason"] == reason]
 
     def min_replicas(self, name: str) -> int:
         return self.fake.get("serving.kserve.io/v1beta1", "InferenceService", name, NS)["spec"]["predictor"][
-            "minReplicas"]
+            "minReplicas"
+        ]
 
     def graph_weight_writes(self) -> int:
-        return sum(1 for m, path, _, body in self.fake.writes("/inferencegraphs/")
-                   if m == "PATCH" and isinstance(body, dict) and "spec" in body)
+        return sum(
+            1
+            for m, path, _, body in self.fake.writes("/inferencegraphs/")
+            if m == "PATCH" and isinstance(body, dict) and "spec" in body
+        )
 
     # ---- controllers
     def controller(self, identity: str = "ctl-a", dry_run: bool = False, sleeps: list | None = None, **overrides):
         cfg = parse_config(config_dict(**overrides))
         kube = Kube(api_client(str(self.kubeconfig)), timeout_s=cfg.timing.api_timeout_s)
-        sleep = (sleeps.append if sleeps is not None else (lambda s: None))
+        sleep = sleeps.append if sleeps is not None else (lambda s: None)
         return build(cfg, kube, identity=identity, dry_run=dry_run, clock=self.clock, sleep=sleep)

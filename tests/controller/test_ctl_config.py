@@ -13,10 +13,24 @@ def minimal() -> dict:
     return {
         "namespace": "sd21",
         "units": [
-            {"name": "sd21-inf2", "pool": "cost", "instance_type": "inf2.xlarge", "price_per_hour": 0.7582,
-             "max_throughput": 105, "latency_s": 0.67, "max_replicas": 4},
-            {"name": "sd21-g5-triton", "pool": "capacity", "instance_type": "g5.xlarge", "price_per_hour": 1.006,
-             "max_throughput": 90, "latency_s": 0.68, "max_replicas": 4},
+            {
+                "name": "sd21-inf2",
+                "pool": "cost",
+                "instance_type": "inf2.xlarge",
+                "price_per_hour": 0.7582,
+                "max_throughput": 105,
+                "latency_s": 0.67,
+                "max_replicas": 4,
+            },
+            {
+                "name": "sd21-g5-triton",
+                "pool": "capacity",
+                "instance_type": "g5.xlarge",
+                "price_per_hour": 1.006,
+                "max_throughput": 90,
+                "latency_s": 0.68,
+                "max_replicas": 4,
+            },
         ],
         "router": {"name": "sd21-router"},
     }

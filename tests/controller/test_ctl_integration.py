@@ -84,8 +84,9 @@ def test_recovery_falls_back_only_after_the_hold_period(world, clock):
     assert world.weights() == COST_WEIGHTS
     (event,) = world.events("Fallback")
     assert event["type"] == "Normal"
-    assert [m for _, m in modes[modes.index((fallback_at, COST)):]] == [COST] * (len(modes) - modes.index(
-        (fallback_at, COST)))
+    assert [m for _, m in modes[modes.index((fallback_at, COST)) :]] == [COST] * (
+        len(modes) - modes.index((fallback_at, COST))
+    )
     # Pre-warm is released once its hold (120 s) has passed after the fallback.
     assert all(world.min_replicas(n) == 1 for n in NAMES)
 
@@ -140,8 +141,13 @@ def test_manual_edit_pauses_the_controller_until_the_annotation_is_removed(world
 def test_paused_annotation_set_by_a_person_is_followed(world, clock):
     ctl = world.controller()
     ctl.step()
-    world.fake.edit("serving.kserve.io/v1alpha1", "InferenceGraph", "sd21-router", NS,
-                    lambda o: o["metadata"]["annotations"].update({PAUSED: "true"}))
+    world.fake.edit(
+        "serving.kserve.io/v1alpha1",
+        "InferenceGraph",
+        "sd21-router",
+        NS,
+        lambda o: o["metadata"]["annotations"].update({PAUSED: "true"}),
+    )
     world.inf2_outage()
     results = steps(ctl, clock, 3)
     assert [r.action for r in results] == ["paused"] * 3
@@ -232,6 +238,41 @@ def test_stale_signals_are_reported_and_not_acted_on(world, clock):
     assert ctl.metrics.status["action"] == "stale"
 
 
+def test_signals_that_take_too_long_to_read_are_stale(world, clock):
+    ctl = world.controller()
+    ctl.step()
+    world.inf2_outage()
+    real_read = ctl.signals.read
+
+    def slow_read(now):
+        signals = real_read(now)
+        clock.advance(200)  # e.g. minutes of retries against a struggling API server
+        return signals
+
+    ctl.signals.read = slow_read
+    clock.advance(INTERVAL)
+    assert ctl.step().action == "stale"
+    assert world.weights() == COST_WEIGHTS
+
+
+def test_a_leader_whose_lease_ran_out_while_reading_does_not_write(world, clock):
+    ctl = world.controller()
+    ctl.step()
+    world.inf2_outage()
+    real_read = ctl.signals.read
+
+    def slow_read(now):
+        signals = real_read(now)
+        clock.advance(11)  # past duration_s - renew_s = 10 s without a renewal
+        return signals
+
+    ctl.signals.read = slow_read
+    clock.advance(1)
+    r = ctl.step()
+    assert r.action == "standby" and "lease expired" in r.message
+    assert world.weights() == COST_WEIGHTS
+
+
 def test_two_replicas_one_lease_only_the_leader_acts(world, clock):
     a = world.controller(identity="ctl-a")
     b = world.controller(identity="ctl-b")
@@ -255,8 +296,9 @@ def test_two_replicas_one_lease_only_the_leader_acts(world, clock):
             break
     assert taken is not None and 15 <= taken <= 20
     assert b.state.mode == CAPACITY  # resumed from the state annotation, no fallback
-    assert world.fake.get("coordination.k8s.io/v1", "Lease", "traffic-controller", NS)["spec"][
-        "holderIdentity"] == "ctl-b"
+    assert (
+        world.fake.get("coordination.k8s.io/v1", "Lease", "traffic-controller", NS)["spec"]["holderIdentity"] == "ctl-b"
+    )
     # The old leader comes back: it must stand by.
     clock.advance(1)
     assert a.step().action == "standby"
@@ -319,8 +361,13 @@ def test_unit_without_ready_replicas_gets_no_traffic(world, clock):
 def test_isvc_not_ready_counts_as_no_ready_replicas(world, clock):
     ctl = world.controller()
     ctl.step()
-    world.fake.edit("serving.kserve.io/v1beta1", "InferenceService", "sd21-g5-cuda", NS,
-                    lambda o: o["status"]["conditions"][0].update(status="False"))
+    world.fake.edit(
+        "serving.kserve.io/v1beta1",
+        "InferenceService",
+        "sd21-g5-cuda",
+        NS,
+        lambda o: o["status"]["conditions"][0].update(status="False"),
+    )
     world.inf2_outage()
     clock.advance(INTERVAL)
     ctl.step()
@@ -346,8 +393,7 @@ def test_alb_ingress_router(world, clock):
 
 
 def test_steps_outside_the_configured_units_are_kept_at_zero(world, clock):
-    world.graph({"sd21-inf2": 90, "sd21-trn1": 0, "sd21-g5-triton": 0, "sd21-g6-triton": 0, "sd21-g5-cuda": 0},
-                cpu=10)
+    world.graph({"sd21-inf2": 90, "sd21-trn1": 0, "sd21-g5-triton": 0, "sd21-g6-triton": 0, "sd21-g5-cuda": 0}, cpu=10)
     ctl = world.controller()
     ctl.step()
     assert world.step_weights() == {**COST_WEIGHTS, "sd21-cpu": 0}

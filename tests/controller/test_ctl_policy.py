@@ -26,9 +26,16 @@ def make_config(**overrides):
     data = {
         "namespace": "sd21",
         "units": [
-            {"name": n, "pool": "cost" if n == "sd21-inf2" else "capacity", "instance_type": "x",
-             "price_per_hour": 1.0 if n != "sd21-inf2" else 0.7582, "max_throughput": TPUT[n], "latency_s": 0.7,
-             "max_replicas": 10, "min_replicas": 1}
+            {
+                "name": n,
+                "pool": "cost" if n == "sd21-inf2" else "capacity",
+                "instance_type": "x",
+                "price_per_hour": 1.0 if n != "sd21-inf2" else 0.7582,
+                "max_throughput": TPUT[n],
+                "latency_s": 0.7,
+                "max_replicas": 10,
+                "min_replicas": 1,
+            }
             for n in NAMES
         ],
         "router": {"name": "sd21-router"},
@@ -44,15 +51,17 @@ CFG = make_config()
 
 def healthy(t, inf2_ready=3, demand=200.0, **inf2):
     units = {n: UnitSignals(ready_replicas=1, desired_replicas=1) for n in NAMES}
-    units["sd21-inf2"] = UnitSignals(ready_replicas=inf2_ready, desired_replicas=inf2.pop("desired", inf2_ready),
-                                     **inf2)
+    units["sd21-inf2"] = UnitSignals(
+        ready_replicas=inf2_ready, desired_replicas=inf2.pop("desired", inf2_ready), **inf2
+    )
     return Signals(at=t, units=units, demand_rps=demand)
 
 
 def outage(t, demand=500.0):
     """inf2 cannot get nodes: 2 ready, 5 wanted, 3 unschedulable, ICE events."""
-    return healthy(t, inf2_ready=2, demand=demand, desired=5, pending_replicas=3, unschedulable_replicas=3,
-                   capacity_errors=4)
+    return healthy(
+        t, inf2_ready=2, demand=demand, desired=5, pending_replicas=3, unschedulable_replicas=3, capacity_errors=4
+    )
 
 
 def run(config, signals_at, start=0.0, end=3600.0, step=30.0, state=None):
@@ -76,8 +85,13 @@ def test_initial_state_is_cost_optimized_with_no_weights():
 def test_steady_state_stays_cost_optimized_and_sends_everything_to_inf2():
     decisions = run(CFG, lambda t: healthy(t))
     assert all(d.state.mode == COST and not d.switched and not d.stale for _, d in decisions)
-    assert decisions[-1][1].weights == {"sd21-inf2": 100, "sd21-trn1": 0, "sd21-g5-triton": 0,
-                                        "sd21-g6-triton": 0, "sd21-g5-cuda": 0}
+    assert decisions[-1][1].weights == {
+        "sd21-inf2": 100,
+        "sd21-trn1": 0,
+        "sd21-g5-triton": 0,
+        "sd21-g6-triton": 0,
+        "sd21-g5-cuda": 0,
+    }
 
 
 def test_failover_happens_in_the_first_decision_that_sees_the_outage():
@@ -175,8 +189,11 @@ def test_never_routes_to_a_unit_without_ready_replicas():
 
 def test_unready_unit_is_dropped_at_once_even_when_ramping():
     cfg = make_config(timing={"interval_s": 30, "max_weight_step": 10})
-    state = PolicyState(mode=COST, since=0, weights={"sd21-inf2": 60, "sd21-trn1": 40, "sd21-g5-triton": 0,
-                                                     "sd21-g6-triton": 0, "sd21-g5-cuda": 0})
+    state = PolicyState(
+        mode=COST,
+        since=0,
+        weights={"sd21-inf2": 60, "sd21-trn1": 40, "sd21-g5-triton": 0, "sd21-g6-triton": 0, "sd21-g5-cuda": 0},
+    )
     units = dict(healthy(0).units)
     units["sd21-trn1"] = UnitSignals(ready_replicas=0, desired_replicas=1)
     d = decide(cfg, state, Signals(at=0, units=units, demand_rps=100), 0)
@@ -206,8 +223,11 @@ def test_fallback_ramps_by_max_weight_step():
 
 
 def test_demand_is_estimated_from_the_autoscaler_without_prometheus():
-    state = PolicyState(mode=COST, since=0, weights={"sd21-inf2": 100, "sd21-trn1": 0, "sd21-g5-triton": 0,
-                                                     "sd21-g6-triton": 0, "sd21-g5-cuda": 0})
+    state = PolicyState(
+        mode=COST,
+        since=0,
+        weights={"sd21-inf2": 100, "sd21-trn1": 0, "sd21-g5-triton": 0, "sd21-g6-triton": 0, "sd21-g5-cuda": 0},
+    )
     sig = dataclasses.replace(outage(0), demand_rps=None)
     assert estimate_demand(CFG, state, sig) == (5 * 105, True)  # only the routed unit counts
     d = decide(CFG, state, sig, 0)
@@ -252,8 +272,14 @@ def test_decide_is_deterministic_and_does_not_mutate_inputs():
 @pytest.mark.parametrize("seed", range(5))
 def test_random_signal_sequences_keep_the_invariants(seed):
     rng = random.Random(seed)
-    cfg = make_config(timing={"interval_s": 30, "min_state_s": 60, "fallback_hold_s": 120,
-                              "max_weight_step": rng.choice([10, 50, 100])})
+    cfg = make_config(
+        timing={
+            "interval_s": 30,
+            "min_state_s": 60,
+            "fallback_hold_s": 120,
+            "max_weight_step": rng.choice([10, 50, 100]),
+        }
+    )
     state = initial_state(cfg, 0)
     last_switch = None
     for i in range(300):
@@ -262,12 +288,16 @@ def test_random_signal_sequences_keep_the_invariants(seed):
         for n in NAMES:
             desired = rng.randint(0, 6)
             ready = rng.randint(0, desired)
-            units[n] = UnitSignals(ready_replicas=ready, desired_replicas=desired,
-                                   pending_replicas=desired - ready,
-                                   unschedulable_replicas=rng.choice([0, 0, desired - ready]),
-                                   capacity_errors=rng.choice([0, 0, 0, 1]))
-        sig = Signals(at=t - rng.choice([0, 0, 0, 200]), units=units,
-                      demand_rps=rng.choice([None, rng.uniform(0, 1500)]))
+            units[n] = UnitSignals(
+                ready_replicas=ready,
+                desired_replicas=desired,
+                pending_replicas=desired - ready,
+                unschedulable_replicas=rng.choice([0, 0, desired - ready]),
+                capacity_errors=rng.choice([0, 0, 0, 1]),
+            )
+        sig = Signals(
+            at=t - rng.choice([0, 0, 0, 200]), units=units, demand_rps=rng.choice([None, rng.uniform(0, 1500)])
+        )
         d = decide(cfg, state, sig, t)
         assert valid_weights(d.weights, NAMES)
         if not d.stale and any(u.ready_replicas for u in units.values()):

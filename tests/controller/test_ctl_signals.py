@@ -71,10 +71,18 @@ def test_unit_signals_from_pods_and_the_knative_autoscaler(world, clock):
 
 def test_desired_replicas_without_knative_come_from_the_deployment_then_the_pods(world, clock):
     world.fake.missing.add("podautoscalers")
-    world.fake.put({"apiVersion": "apps/v1", "kind": "Deployment",
-                    "metadata": {"name": "sd21-inf2-predictor", "namespace": NS,
-                                 "labels": {"serving.kserve.io/inferenceservice": "sd21-inf2"}},
-                    "spec": {"replicas": 7}})
+    world.fake.put(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": "sd21-inf2-predictor",
+                "namespace": NS,
+                "labels": {"serving.kserve.io/inferenceservice": "sd21-inf2"},
+            },
+            "spec": {"replicas": 7},
+        }
+    )
     ctl = world.controller()
     sig = ctl.signals.read(clock())
     assert sig.units["sd21-inf2"].desired_replicas == 7
@@ -154,5 +162,5 @@ def test_prometheus_demand_drives_the_decision_and_its_failure_falls_back_to_the
         prom.code = 500
         clock.advance(INTERVAL)
         r = ctl.step()
-        assert r.action in ("applied", "unchanged") and r.decision.demand_rps == 4 * 105 + 130 + 90 + 61 + 60
+        assert r.action in ("applied", "unchanged") and r.decision.demand_rps == 3 * 105 + 130 + 90 + 61 + 60
         assert 'traffic_controller_errors_total{source="prometheus"} 1.0' in ctl.metrics.render().decode()

@@ -19,8 +19,16 @@ from controller.weights import (
 
 
 def unit(name, pool, price, tput, latency=0.7, max_replicas=10):
-    return Unit(name=name, namespace="sd21", pool=pool, instance_type="x", price_per_hour=price,
-                max_throughput=tput, latency_s=latency, max_replicas=max_replicas)
+    return Unit(
+        name=name,
+        namespace="sd21",
+        pool=pool,
+        instance_type="x",
+        price_per_hour=price,
+        max_throughput=tput,
+        latency_s=latency,
+        max_replicas=max_replicas,
+    )
 
 
 TABLE1 = [
@@ -34,16 +42,16 @@ TABLE1 = [
 
 def test_cost_per_inference_orders_units_like_table1():
     ordered = sorted(TABLE1, key=cost_per_inference)
-    assert [u.name for u in ordered] == ["sd21-inf2", "sd21-trn1", "sd21-g5-triton", "sd21-g6-triton",
-                                         "sd21-g5-cuda"]
+    assert [u.name for u in ordered] == ["sd21-inf2", "sd21-trn1", "sd21-g5-triton", "sd21-g6-triton", "sd21-g5-cuda"]
     assert cost_per_inference(TABLE1[0]) == pytest.approx(0.7582 / 105)
 
 
 def test_adjusted_throughput_reproduces_table2():
     assert capacity_target(TABLE1) == pytest.approx(89.2)
     adj = adjusted_throughput(TABLE1)
-    assert adj == pytest.approx({"sd21-inf2": 89.2, "sd21-trn1": 89.2, "sd21-g5-triton": 89.2,
-                                 "sd21-g6-triton": 61.0, "sd21-g5-cuda": 60.0})
+    assert adj == pytest.approx(
+        {"sd21-inf2": 89.2, "sd21-trn1": 89.2, "sd21-g5-triton": 89.2, "sd21-g6-triton": 61.0, "sd21-g5-cuda": 60.0}
+    )
 
 
 def test_integer_weights_largest_remainder_sums_to_100_and_breaks_ties_by_order():
@@ -66,8 +74,13 @@ def test_integer_weights_rejects_bad_shares(bad):
 
 
 def test_capacity_optimized_weights_follow_table2():
-    assert capacity_optimized_weights(TABLE1) == {"sd21-inf2": 23, "sd21-trn1": 23, "sd21-g5-triton": 23,
-                                                  "sd21-g6-triton": 16, "sd21-g5-cuda": 15}
+    assert capacity_optimized_weights(TABLE1) == {
+        "sd21-inf2": 23,
+        "sd21-trn1": 23,
+        "sd21-g5-triton": 23,
+        "sd21-g6-triton": 16,
+        "sd21-g5-cuda": 15,
+    }
 
 
 def test_capacity_optimized_weights_scale_with_obtainable_replicas_and_skip_unready():
@@ -92,10 +105,18 @@ def test_capacity_optimized_weights_never_all_zero():
 
 
 def test_cost_optimized_weights_send_everything_to_the_ready_cost_pool():
-    assert cost_optimized_weights(TABLE1) == {"sd21-inf2": 100, "sd21-trn1": 0, "sd21-g5-triton": 0,
-                                              "sd21-g6-triton": 0, "sd21-g5-cuda": 0}
-    two_cost = [unit("a", "cost", 1, 100, max_replicas=3), unit("b", "cost", 1, 50, max_replicas=2),
-                unit("c", "capacity", 2, 100)]
+    assert cost_optimized_weights(TABLE1) == {
+        "sd21-inf2": 100,
+        "sd21-trn1": 0,
+        "sd21-g5-triton": 0,
+        "sd21-g6-triton": 0,
+        "sd21-g5-cuda": 0,
+    }
+    two_cost = [
+        unit("a", "cost", 1, 100, max_replicas=3),
+        unit("b", "cost", 1, 50, max_replicas=2),
+        unit("c", "capacity", 2, 100),
+    ]
     assert cost_optimized_weights(two_cost) == {"a": 75, "b": 25, "c": 0}
     assert cost_optimized_weights(two_cost, ready={"a": False, "b": True, "c": True}) == {"a": 0, "b": 100, "c": 0}
 

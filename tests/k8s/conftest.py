@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,9 +33,16 @@ DEPLOY_NEURON_COMPILE = "deploy/neuron-compile"
 
 
 @pytest.fixture(scope="session")
-def crds() -> dict[tuple[str, str], CrdVersion]:
+def _crds_loading() -> Iterator[Future[dict[tuple[str, str], CrdVersion]]]:
+    """Parse the CRDs (~2 MB of YAML) in the background while kustomize builds run."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool.submit(load_crds, CRDS_DIR)
+
+
+@pytest.fixture(scope="session")
+def crds(_crds_loading: Future[dict[tuple[str, str], CrdVersion]]) -> dict[tuple[str, str], CrdVersion]:
     try:
-        return load_crds(CRDS_DIR)
+        return _crds_loading.result()
     except FileNotFoundError as err:
         pytest.fail(str(err), pytrace=False)
 
@@ -56,7 +65,9 @@ def kustomizations() -> list[Kustomization]:
 
 
 @pytest.fixture(scope="session")
-def builds(kubectl: str, kustomizations: list[Kustomization]) -> dict[str, ObjectSet | RuntimeError]:
+def builds(
+    kubectl: str, kustomizations: list[Kustomization], _crds_loading: Future[Any]
+) -> dict[str, ObjectSet | RuntimeError]:
     """name -> objects of `kubectl kustomize <dir>` (or its error), for every non-component."""
     targets = [k for k in kustomizations if not k.is_component]
 

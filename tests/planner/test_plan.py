@@ -280,3 +280,17 @@ def test_python_dash_m_controller_plan_runs():
                           "--format", "json"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["capacity_target"] == pytest.approx(89.2)
+
+
+def test_example_config_holds_the_seed_units(seed_config):
+    seed = {  # name: (instance type, USD/h, max rps, latency s) from the seed's Tables 1 and 2
+        "sd21-inf2": ("inf2.xlarge", 0.7582, 105, 0.67),
+        "sd21-trn1": ("trn1.2xlarge", 1.3438, 130, 0.51),
+        "sd21-g5-triton": ("g5.xlarge", 1.0060, 90, 0.68),
+        "sd21-g6-triton": ("g6.xlarge", 0.8048, 61, 0.96),
+        "sd21-g5-cuda": ("g5.xlarge", 1.0060, 60, 0.92),
+    }
+    assert [u.name for u in seed_config.units] == list(seed)
+    for u in seed_config.units:
+        assert (u.instance_type, u.price_per_hour, u.max_throughput, u.latency_s) == seed[u.name]
+    assert [u.name for u in seed_config.cost_units] == ["sd21-inf2"]

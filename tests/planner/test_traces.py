@@ -121,3 +121,17 @@ def test_cli_writes_each_kind_of_trace(tmp_path, capsys):
         if kind == "outage":
             assert set(tr.available) == {"sd21-inf2"}  # the seed config's cost pool
     assert "wrote" in capsys.readouterr().out
+
+
+def test_shipped_example_traces_parse_against_the_seed_config(seed_config):
+    from .conftest import REPO
+
+    names = [u.name for u in seed_config.units]
+    paths = sorted((REPO / "examples" / "traces").glob("*.csv"))
+    assert paths
+    total = 0
+    for p in paths:
+        tr = read_csv(p, units=names)
+        assert len(tr) == 1440 and tr.duration_s == 24 * 3600
+        total += p.stat().st_size
+    assert total < 200_000

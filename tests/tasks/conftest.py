@@ -115,10 +115,12 @@ def servers(tiny_models, tmp_path_factory):
     yield started
     for server in started.values():
         server.process.terminate()
+    deadline = time.monotonic() + 8
     for server in started.values():
         try:
-            server.process.wait(timeout=10)
+            server.process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            print(f"{server.task} server did not stop on SIGTERM; killing it", file=sys.stderr)
             server.process.kill()
             server.process.wait()
 

@@ -66,7 +66,10 @@ def test_text_v2_binary_tritonclient(text_classifier):
     tensor = httpclient.InferInput("text", [2], "BYTES")
     tensor.set_data_from_numpy(np.array(["hello".encode(), "grüße".encode()], dtype=np.object_), binary_data=True)
     outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in ("labels", "scores")]
-    result = client.infer(text_classifier.name, [tensor], outputs=outputs, parameters={"top_k": 1})
+    try:
+        result = client.infer(text_classifier.name, [tensor], outputs=outputs, parameters={"top_k": 1})
+    finally:
+        client.close()
     assert result.as_numpy("labels").shape == (2, 1)
     assert {label.decode() for label in result.as_numpy("labels").reshape(-1)} <= TEXT_LABELS
     assert result.as_numpy("scores").dtype == np.float32
@@ -155,11 +158,16 @@ def test_image_v2_base64_json(image_classifier):
         assert row_scores.sum() == pytest.approx(1.0, abs=1e-4)
 
 
-def test_image_v2_raw_bytes_binary(image_classifier):
+def test_image_v2_binary_extension_base64(image_classifier):
+    """Over REST, kserve 0.21 turns binary BYTES into JSON strings (UTF-8 only): send base64 there too."""
     client = httpclient.InferenceServerClient(url=f"127.0.0.1:{image_classifier.http_port}")
     tensor = httpclient.InferInput("image", [2], "BYTES")
-    tensor.set_data_from_numpy(np.array([png(32, 32, 3), jpeg(40, 40, 4)], dtype=np.object_), binary_data=True)
-    result = client.infer(image_classifier.name, [tensor])
+    images = [base64.b64encode(png(32, 32, 3)), base64.b64encode(jpeg(40, 40, 4))]
+    tensor.set_data_from_numpy(np.array(images, dtype=np.object_), binary_data=True)
+    try:
+        result = client.infer(image_classifier.name, [tensor])
+    finally:
+        client.close()
     assert result.as_numpy("labels").shape == (2, 1)
     assert {label.decode() for label in result.as_numpy("labels").reshape(-1)} <= IMAGE_LABELS
 
@@ -206,5 +214,8 @@ def test_tritonclient_error_surface(image_classifier):
     client = httpclient.InferenceServerClient(url=f"127.0.0.1:{image_classifier.http_port}")
     tensor = httpclient.InferInput("image", [1], "BYTES")
     tensor.set_data_from_numpy(np.array([b"junk"], dtype=np.object_))
-    with pytest.raises(InferenceServerException, match="not a readable image"):
-        client.infer(image_classifier.name, [tensor])
+    try:
+        with pytest.raises(InferenceServerException, match="not a readable image"):
+            client.infer(image_classifier.name, [tensor])
+    finally:
+        client.close()

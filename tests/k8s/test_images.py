@@ -1,0 +1,128 @@
+"""The Dockerfiles and the build script produce the images the manifests run (without Docker)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DOCKER = REPO_ROOT / "docker"
+FLAVOURS = ("neuron", "gpu", "cpu")
+DEFAULT_REGISTRY = "hw-agnostic-inference"
+
+sys.path.insert(0, str(DOCKER))
+import pyproject_deps  # noqa: E402
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+def _runtime_images() -> dict[str, str]:
+    """Runtime accelerator label -> image in servingruntimes/ (before site settings)."""
+    images = {}
+    for path in (REPO_ROOT / "servingruntimes").glob("diffusers-*.yaml"):
+        runtime = yaml.safe_load(path.read_text())
+        images[runtime["metadata"]["labels"]["hw-agnostic-inference/accelerator"]] = runtime["spec"]["containers"][0][
+            "image"
+        ]
+    return images
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_dockerfile_runs_the_predictor_as_a_non_root_user(flavour: str) -> None:
+    instructions = _instructions(DOCKER / f"Dockerfile.{flavour}")
+    users = [args for name, args in instructions if name == "USER"]
+    assert users and users[-1].split(":")[0] == "1000", f"Dockerfile.{flavour}: last USER must be 1000"
+    (entrypoint,) = [args for name, args in instructions if name == "ENTRYPOINT"]
+    assert entrypoint.endswith('"python", "-m", "predictor"]'), entrypoint
+    env = " ".join(args for name, args in instructions if name == "ENV")
+    assert "HF_HOME=/var/cache/huggingface" in env
+    run = " ".join(args for name, args in instructions if name == "RUN")
+    assert 'chown 1000:1000 "${HF_HOME}"' in run
+    assert {"8080", "8081"} <= set(" ".join(a for n, a in instructions if n == "EXPOSE").split())
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_dockerfile_pins_its_base_image_and_installs_this_package(flavour: str) -> None:
+    instructions = _instructions(DOCKER / f"Dockerfile.{flavour}")
+    args = dict(
+        arg.split("=", 1) for name, arg in instructions if name == "ARG" and "=" in arg and arg.startswith("BASE_IMAGE")
+    )
+    base = args["BASE_IMAGE"]
+    assert ":" in base and not base.endswith(":latest"), f"Dockerfile.{flavour}: pin the base image tag"
+    run = " ".join(arg for name, arg in instructions if name == "RUN")
+    if flavour == "neuron":
+        # optimum-neuron decides transformers/diffusers; the SDK's torch is frozen.
+        assert "--no-deps /tmp/src" in run and "pyproject_deps.py" in run and "optimum-neuron" in run
+    else:
+        assert re.search(r"pip install -c /tmp/src/constraints\.txt( -c \S+)* /tmp/src\b", run), run
+
+
+def test_dockerignore_allowlists_what_pip_install_needs() -> None:
+    for flavour in FLAVOURS:
+        ignore = (DOCKER / f"Dockerfile.{flavour}.dockerignore").read_text().splitlines()
+        assert "*" in ignore, "the context is an allowlist: ignore everything, then re-include"
+        for needed in ("!pyproject.toml", "!constraints.txt", "!README.md", "!predictor/", "!docker/pyproject_deps.py"):
+            assert needed in ignore, f"Dockerfile.{flavour}.dockerignore drops {needed[1:]}"
+
+
+def test_the_neuron_image_keeps_the_sdks_torch_and_lets_optimum_neuron_pick_transformers() -> None:
+    deps = pyproject_deps.dependencies(REPO_ROOT / "pyproject.toml", ["torch", "transformers", "diffusers"])
+    names = {pyproject_deps.requirement_name(dep) for dep in deps}
+    assert not names & {"torch", "transformers", "diffusers"}
+    assert "kserve" in names and "boto3" in names
+
+
+def test_pyproject_deps_normalizes_names() -> None:
+    assert pyproject_deps.requirement_name("Huggingface_Hub>=0.30") == "huggingface-hub"
+    assert pyproject_deps.requirement_name("kserve>=0.21,<0.22") == "kserve"
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash is required to run docker/build.sh")
+def test_build_script_builds_the_images_the_runtimes_use() -> None:
+    env = {**os.environ, "DRY_RUN": "1", "PUSH": "1"}
+    env.pop("REGISTRY", None)
+    env.pop("TAG", None)
+    result = subprocess.run(
+        ["bash", str(DOCKER / "build.sh"), "all"], capture_output=True, text=True, env=env, timeout=30, check=True
+    )
+    tags = re.findall(r"--tag (\S+)", result.stdout)
+    assert sorted(tags) == sorted(_runtime_images().values()), "docker/build.sh and servingruntimes/ disagree"
+    cpu_line = next(line for line in result.stdout.splitlines() if "Dockerfile.cpu" in line)
+    assert "linux/amd64\\,linux/arm64" in cpu_line or "linux/amd64,linux/arm64" in cpu_line
+    assert result.stdout.count("--push") == 3
+
+
+def test_runtime_images_are_named_after_their_dockerfile() -> None:
+    expected = {"neuron": "neuron", "nvidia": "gpu", "cpu": "cpu"}
+    for accelerator, image in _runtime_images().items():
+        flavour = expected[accelerator]
+        assert image.startswith(f"{DEFAULT_REGISTRY}/predictor-{flavour}:")
+        assert (DOCKER / f"Dockerfile.{flavour}").is_file()
+
+
+def test_build_script_rejects_an_unknown_target() -> None:
+    result = subprocess.run(
+        ["bash", str(DOCKER / "build.sh"), "tpu"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DRY_RUN": "1"},
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2 and "usage" in result.stderr
