@@ -32,7 +32,7 @@ from kserve.errors import InvalidInput, ModelNotReady
 
 from predictor.batching import QueueFullError
 from predictor.model import PredictorModel
-from predictor.pipelines.text_generation import Generation, GenerateItem, TextGenerationTask
+from predictor.pipelines.text_generation import GenerateItem, Generation, TextGenerationTask
 
 ROUTE_PREFIX = os.environ.get("KSERVE_OPENAI_ROUTE_PREFIX", "/openai")
 if ROUTE_PREFIX and not ROUTE_PREFIX.startswith("/"):
@@ -79,7 +79,9 @@ class OpenAITextGenerationModel(PredictorModel):
         prompt = request.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-            raise OpenAIError(HTTPStatus.BAD_REQUEST, "prompt must be a string or a non-empty list of strings", "prompt")
+            raise OpenAIError(
+                HTTPStatus.BAD_REQUEST, "prompt must be a string or a non-empty list of strings", "prompt"
+            )
         if any(not p for p in prompts):
             raise OpenAIError(HTTPStatus.BAD_REQUEST, "prompt must not be empty", "prompt")
         return await self._run(request, prompts, templated=False, chat=False)
@@ -104,7 +106,9 @@ class OpenAITextGenerationModel(PredictorModel):
             raise OpenAIError(HTTPStatus.BAD_REQUEST, "the request body must be a JSON object")
         model = body.get("model")
         if model != self.name:
-            raise OpenAIError(HTTPStatus.NOT_FOUND, f"model {model!r} not found; this server serves {self.name!r}", "model")
+            raise OpenAIError(
+                HTTPStatus.NOT_FOUND, f"model {model!r} not found; this server serves {self.name!r}", "model"
+            )
         if not self.ready:
             raise OpenAIError(HTTPStatus.SERVICE_UNAVAILABLE, f"model {self.name!r} is still loading")
         for name, default in UNSUPPORTED_UNLESS_DEFAULT.items():

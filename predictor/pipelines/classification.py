@@ -254,7 +254,9 @@ class _ClassifierTask(Task):
         if unknown:
             raise InvalidInput(f"unknown parameter(s) {unknown}; supported: {list(self.PARAMETERS)}")
         top_k = self._top_k(parameters)
-        return [ClassifyItem(self._v1_value(instance, f"instances[{i}]"), top_k) for i, instance in enumerate(instances)]
+        return [
+            ClassifyItem(self._v1_value(instance, f"instances[{i}]"), top_k) for i, instance in enumerate(instances)
+        ]
 
     def batch_key(self, item: ClassifyItem) -> Hashable:
         return self.name

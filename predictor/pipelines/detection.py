@@ -22,6 +22,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
 
 from predictor.pipelines import tensors
+from predictor.pipelines.base import Task
 from predictor.pipelines.classification import (
     EncodedImage,
     ImageError,
@@ -33,7 +34,6 @@ from predictor.pipelines.classification import (
     v1_image,
     warmup_image,
 )
-from predictor.pipelines.base import Task
 
 DEFAULT_THRESHOLD = 0.5
 MAX_DETECTIONS = 1000
@@ -103,7 +103,9 @@ class ObjectDetectionTask(Task):
         if unknown:
             raise InvalidInput(f"unknown parameter(s) {unknown}; supported: {list(self.PARAMETERS)}")
         threshold, top_k = self._params(parameters)
-        return [DetectItem(v1_image(instance, f"instances[{i}]"), threshold, top_k) for i, instance in enumerate(instances)]
+        return [
+            DetectItem(v1_image(instance, f"instances[{i}]"), threshold, top_k) for i, instance in enumerate(instances)
+        ]
 
     def batch_key(self, item: DetectItem) -> Hashable:
         return self.name
@@ -120,7 +122,9 @@ class ObjectDetectionTask(Task):
             found.sort(key=lambda entry: float(entry["score"]), reverse=True)
             width, height = item.image.size
             results[position] = [
-                Detection(label=str(entry["label"]), score=float(entry["score"]), box=_clip(entry["box"], width, height))
+                Detection(
+                    label=str(entry["label"]), score=float(entry["score"]), box=_clip(entry["box"], width, height)
+                )
                 for entry in found[: item.top_k]
             ]
         return results

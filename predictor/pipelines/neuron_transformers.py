@@ -168,7 +168,9 @@ class NeuronPipelineBackend:
             else:
                 scores = logits.softmax(dim=-1)
             for row in scores.tolist():
-                results.append([{"label": label, "score": score} for label, score in zip(self.labels, row, strict=False)])
+                results.append(
+                    [{"label": label, "score": score} for label, score in zip(self.labels, row, strict=False)]
+                )
         return results
 
     def detect(self, images: list, threshold: float) -> list[list[dict]]:

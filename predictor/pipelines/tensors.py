@@ -14,17 +14,16 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
 
 
-def parameter_value(value: Any) -> Any:
-    """Plain value of a parameter; gRPC ``InferParameter`` messages are unwrapped."""
-    if hasattr(value, "WhichOneof"):
-        field = value.WhichOneof("parameter_choice")
-        return getattr(value, field) if field else None
-    return value
+def parameter_value(name: str, value: Any) -> Any:
+    """Plain value of a parameter; gRPC ``InferParameter`` messages are unwrapped (Triton doubles too)."""
+    from predictor.pipelines.text_to_image import _grpc_parameter_value
+
+    return _grpc_parameter_value(name, value)
 
 
 def request_parameters(request: InferRequest, known: Iterable[str]) -> dict[str, Any]:
     """The request's parameters as plain values; unknown names are an error (typos fail loudly)."""
-    raw = {key: parameter_value(value) for key, value in (request.parameters or {}).items()}
+    raw = {key: parameter_value(key, value) for key, value in (request.parameters or {}).items()}
     # Clients and kserve itself may add protocol-level parameters; they are not task parameters.
     raw = {key: value for key, value in raw.items() if key not in ("binary_data_output", "headers")}
     unknown = sorted(set(raw) - set(known))
@@ -32,8 +31,7 @@ def request_parameters(request: InferRequest, known: Iterable[str]) -> dict[str,
         raise InvalidInput(f"unknown parameter(s) {unknown}; supported: {sorted(known)}")
     for key, value in raw.items():
         if value is None:
-            # KServe's gRPC InferParameter has bool, int64 and string only: a double arrives empty.
-            raise InvalidInput(f"parameter {key} has no readable value; over gRPC send fractional numbers as strings")
+            raise InvalidInput(f"parameter {key} has no value")
     return raw
 
 

@@ -437,7 +437,9 @@ class TextGenerationTask(Task):
         if not self.has_chat_template:
             raise InvalidInput("this model's tokenizer has no chat template; use the completions endpoint")
         try:
-            return self.backend.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+            return self.backend.tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=True
+            )
         except Exception as error:  # jinja TemplateError from raise_exception, or a template bug on odd input
             raise InvalidInput(f"messages do not fit the model's chat template: {error}") from None
 

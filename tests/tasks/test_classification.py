@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.http as httpclient
-from conftest import jpeg, png
 from tritonclient.utils import InferenceServerException
+
+from tests.tasks.helpers import jpeg, png
 
 TEXT_LABELS = {"NEGATIVE", "POSITIVE"}
 IMAGE_LABELS = {"cat", "dog", "bird"}
@@ -56,7 +57,9 @@ def test_text_batched_equals_single(text_classifier):
     batched = _outputs(_infer(text_classifier, [{"name": "text", "datatype": "BYTES", "shape": [3], "data": texts}]))
     assert batched["labels"]["shape"] == [3, 1]
     for index, text in enumerate(texts):
-        single = _outputs(_infer(text_classifier, [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}]))
+        single = _outputs(
+            _infer(text_classifier, [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}])
+        )
         assert single["labels"]["data"][0] == batched["labels"]["data"][index]
         assert single["scores"]["data"][0] == pytest.approx(batched["scores"]["data"][index], abs=1e-4)
 
@@ -64,7 +67,7 @@ def test_text_batched_equals_single(text_classifier):
 def test_text_v2_binary_tritonclient(text_classifier):
     client = httpclient.InferenceServerClient(url=f"127.0.0.1:{text_classifier.http_port}")
     tensor = httpclient.InferInput("text", [2], "BYTES")
-    tensor.set_data_from_numpy(np.array(["hello".encode(), "grüße".encode()], dtype=np.object_), binary_data=True)
+    tensor.set_data_from_numpy(np.array([b"hello", "grüße".encode()], dtype=np.object_), binary_data=True)
     outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in ("labels", "scores")]
     try:
         result = client.infer(text_classifier.name, [tensor], outputs=outputs, parameters={"top_k": 1})
@@ -91,13 +94,21 @@ def test_text_v1(text_classifier):
 @pytest.mark.parametrize(
     ("inputs", "parameters", "expected"),
     [
-        ([{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hi"]}], {"top_k": 3}, "top_k must be between 1"),
+        (
+            [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hi"]}],
+            {"top_k": 3},
+            "top_k must be between 1",
+        ),
         ([{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hi"]}], {"top_k": "x"}, "top_k"),
         ([{"name": "text", "datatype": "BYTES", "shape": [1], "data": [" "]}], None, "is empty"),
         ([{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": ["hi"]}], None, "unknown input"),
         ([{"name": "text", "datatype": "INT32", "shape": [1], "data": [1]}], None, "must have datatype BYTES"),
         ([{"name": "text", "datatype": "BYTES", "shape": [5], "data": ["a"] * 5}], None, "batch limit"),
-        ([{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hi"]}], {"temperature": 1}, "unknown parameter"),
+        (
+            [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hi"]}],
+            {"temperature": 1},
+            "unknown parameter",
+        ),
     ],
 )
 def test_text_bad_v2_is_400(text_classifier, inputs, parameters, expected):
@@ -192,7 +203,9 @@ def test_image_bad_inputs_are_400(image_classifier):
     response = _infer(image_classifier, [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [truncated]}])
     assert response.status_code == 400 and "could not be decoded" in response.json()["error"]
     response = requests.post(
-        f"{image_classifier.url}/v1/models/{image_classifier.name}:predict", json={"instances": [{"img": 1}]}, timeout=10
+        f"{image_classifier.url}/v1/models/{image_classifier.name}:predict",
+        json={"instances": [{"img": 1}]},
+        timeout=10,
     )
     assert response.status_code == 400
 

@@ -7,7 +7,8 @@ import base64
 import numpy as np
 import requests
 import tritonclient.http as httpclient
-from conftest import jpeg, png
+
+from tests.tasks.helpers import jpeg, png
 
 LABELS = {"cat", "dog", "person"}
 
@@ -99,14 +100,14 @@ def test_grpc_raw_bytes(detector):
     calls = [
         {"op": "infer", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [2],
                                     "data": [{"b64": _b64(png(40, 30, 4))}, {"b64": _b64(jpeg(16, 16, 5))}]}],
-         "parameters": {"threshold": "0.0", "top_k": 2}},  # gRPC: kserve's InferParameter has no double
+         "parameters": {"threshold": 0.0, "top_k": 2}},  # a Triton double_param, which kserve's proto lacks
         {"op": "infer", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [{"b64": _b64(b"x")}]}]},
-        {"op": "infer", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [{"b64": _b64(b"x")}]}],
-         "parameters": {"threshold": 0.5}},
+        {"op": "infer", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [{"b64": _b64(png(8, 8))}]}],
+         "parameters": {"threshold": "1.5"}},
     ]  # fmt: skip
-    ok, bad, double = detector.grpc(calls)
+    ok, bad, out_of_range = detector.grpc(calls)
     assert ok["outputs"]["boxes"]["shape"] == [4, 4]
     assert ok["outputs"]["image_index"]["data"] == [0, 0, 1, 1]
     assert bad["error"]["code"] == "StatusCode.INVALID_ARGUMENT"
-    assert double["error"]["code"] == "StatusCode.INVALID_ARGUMENT"
-    assert "send fractional numbers as strings" in double["error"]["message"]
+    assert out_of_range["error"]["code"] == "StatusCode.INVALID_ARGUMENT"
+    assert "threshold must be between 0.0 and 1.0" in out_of_range["error"]["message"]

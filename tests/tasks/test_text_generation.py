@@ -60,7 +60,9 @@ def test_v2_greedy_is_deterministic_and_batch_invariant(generator):
 def test_v2_stop_sequence(generator):
     (text,), _ = _texts(_v2(generator, ["stop me"], {"max_tokens": 16}))
     stop = text[6:8]
-    (stopped,), (reason,) = _texts(_v2(generator, ["stop me"], {"max_tokens": 16, "stop": json.dumps([stop, "zzzzzz"])}))
+    (stopped,), (reason,) = _texts(
+        _v2(generator, ["stop me"], {"max_tokens": 16, "stop": json.dumps([stop, "zzzzzz"])})
+    )
     assert stopped == text[: text.find(stop)] and reason == "stop"
     (single,), _ = _texts(_v2(generator, ["stop me"], {"max_tokens": 16, "stop": stop}))
     assert single == stopped
@@ -76,7 +78,8 @@ def test_v2_sampling_with_seed_is_reproducible(generator):
 def test_concurrent_requests_share_batches(generator):
     def metric_totals():
         text = requests.get(f"{generator.url}/metrics", timeout=10).text
-        pattern = r'predictor_batch_size_(sum|count)\{[^}]*model_name="%s"[^}]*\} ([0-9.e+]+)' % generator.name
+        name = re.escape(generator.name)
+        pattern = r"predictor_batch_size_(sum|count)\{[^}]*model_name=\"" + name + r"\"[^}]*\} ([0-9.e+]+)"
         values = dict(re.findall(pattern, text))
         return float(values.get("sum", 0)), float(values.get("count", 0))
 
@@ -141,7 +144,7 @@ def test_grpc(generator):
     (expected,), _ = _texts(_v2(generator, ["over grpc"], {"max_tokens": 6}))
     calls = [
         {"op": "infer", "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": ["over grpc"]}],
-         "parameters": {"max_tokens": 6, "temperature": "0", "stop": "zzzz"}},
+         "parameters": {"max_tokens": 6, "temperature": 0.0, "stop": "zzzz"}},
         {"op": "infer", "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": ["over grpc"]}],
          "parameters": {"max_tokens": 100000}},
     ]  # fmt: skip
