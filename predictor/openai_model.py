@@ -39,19 +39,20 @@ if ROUTE_PREFIX and not ROUTE_PREFIX.startswith("/"):
     ROUTE_PREFIX = "/" + ROUTE_PREFIX
 
 CHAT_ROLES = ("system", "user", "assistant", "developer")
-# Fields that change what a response means; anything else OpenAI defines is accepted and ignored.
-UNSUPPORTED_UNLESS_DEFAULT = {
-    "n": 1,
-    "best_of": 1,
-    "echo": False,
-    "logprobs": None,
-    "top_logprobs": None,
-    "suffix": None,
-    "tools": None,
-    "functions": None,
-    "logit_bias": None,
-    "frequency_penalty": 0,
-    "presence_penalty": 0,
+# Fields that change what a response means: accepted only at their defaults (or left out). Anything
+# else OpenAI defines (user, metadata, ...) is accepted and ignored.
+UNSUPPORTED_UNLESS = {
+    "n": (1,),
+    "best_of": (1,),
+    "echo": (False,),
+    "logprobs": (False, 0),  # completions: an int; chat: a bool
+    "top_logprobs": (0,),
+    "suffix": ("",),
+    "tools": ([],),
+    "functions": ([],),
+    "logit_bias": ({},),
+    "frequency_penalty": (0,),
+    "presence_penalty": (0,),
 }
 
 
@@ -111,9 +112,9 @@ class OpenAITextGenerationModel(PredictorModel):
             )
         if not self.ready:
             raise OpenAIError(HTTPStatus.SERVICE_UNAVAILABLE, f"model {self.name!r} is still loading")
-        for name, default in UNSUPPORTED_UNLESS_DEFAULT.items():
+        for name, defaults in UNSUPPORTED_UNLESS.items():
             value = body.get(name)
-            if value is not None and value != default and value not in ({}, []):
+            if value is not None and not _is_default(value, defaults):
                 raise OpenAIError(HTTPStatus.BAD_REQUEST, f"{name}={value!r} is not supported", name)
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
@@ -200,6 +201,15 @@ class OpenAITextGenerationModel(PredictorModel):
                 item.cancelled = True
             if not submitted.done():
                 submitted.cancel()
+
+
+def _is_default(value: Any, defaults: tuple) -> bool:
+    """Equal to a default and of its kind (True is not 1, but 0.0 is 0)."""
+    for default in defaults:
+        same_kind = isinstance(value, bool) == isinstance(default, bool)
+        if same_kind and value == default:
+            return True
+    return False
 
 
 def _sse(payload: dict) -> str:

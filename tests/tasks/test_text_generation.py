@@ -238,6 +238,10 @@ def test_chat_template_applied(generator):
         ("completions", {"model": "llama", "prompt": "x", "max_tokens": 1000}, 400, "context"),
         ("completions", {"model": "llama", "prompt": "x", "temperature": -1}, 400, "temperature"),
         ("completions", {"model": "llama", "prompt": "x", "n": 2}, 400, "n=2"),
+        ("completions", {"model": "llama", "prompt": "x", "logprobs": 2}, 400, "logprobs=2"),
+        ("chat/completions", {"model": "llama", "messages": [{"role": "user", "content": "x"}],
+                              "logprobs": True}, 400, "logprobs=True"),
+        ("completions", {"model": "llama", "prompt": "x", "presence_penalty": 0.5}, 400, "presence_penalty"),
         ("completions", {"model": "llama", "prompt": "x", "stop": ["a"] * 5, "stream": True}, 400, "at most 4"),
         ("chat/completions", {"model": "llama", "messages": []}, 400, "messages"),
         ("chat/completions", {"model": "llama", "messages": [{"role": "tool", "content": "x"}]}, 400, "role"),
@@ -251,6 +255,19 @@ def test_openai_errors(generator, path, body, status, expected):
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert expected in error["message"] and error["code"] == str(status)
+
+
+def test_openai_defaults_of_unsupported_fields_are_accepted(generator):
+    body = {
+        "model": generator.name,
+        "messages": [{"role": "developer", "content": "brief"}, {"role": "user", "content": [{"type": "text", "text": "x"}]}],
+        "max_tokens": 2, "n": 1, "logprobs": False, "frequency_penalty": 0.0, "presence_penalty": 0,
+        "logit_bias": {}, "tools": [], "response_format": {"type": "text"}, "user": "someone",
+    }  # fmt: skip
+    response = _openai(generator, "chat/completions", body)
+    assert response.status_code == 200, response.text
+    body = {"model": generator.name, "prompt": "x", "max_tokens": 2, "logprobs": None, "echo": False, "best_of": 1}
+    assert _openai(generator, "completions", body).status_code == 200
 
 
 def test_openai_body_not_json(generator):

@@ -155,3 +155,23 @@ def test_v2_stop_json_array_in_a_string():
     assert v2_stop('["a", "b"]') == ["a", "b"]
     assert v2_stop("[not json") == "[not json"
     assert v2_stop("plain") == "plain"
+
+
+def test_chat_needs_a_template():
+    from types import SimpleNamespace
+
+    from predictor.device import DeviceInfo
+    from predictor.pipelines.base import ServingLimits
+    from predictor.pipelines.text_generation import TextGenerationTask
+
+    backend = SimpleNamespace(tokenizer=SimpleNamespace(chat_template=None))
+    task = TextGenerationTask("/nowhere", DeviceInfo("cpu", 1), ServingLimits(), {}, backend=backend)
+    with pytest.raises(InvalidInput, match="no chat template"):
+        task.chat_prompt([{"role": "user", "content": "hi"}])
+
+
+def test_openai_default_values():
+    from predictor.openai_model import _is_default
+
+    assert _is_default(0.0, (0,)) and _is_default(False, (False, 0)) and _is_default(0, (False, 0))
+    assert not _is_default(True, (1,)) and not _is_default(2, (1,)) and not _is_default(True, (False, 0))
