@@ -51,6 +51,7 @@ LATENCY_RATIO_GOAL = 1.10
 READY_P99_GOAL_MS = 50.0
 CONCURRENCY_LEVELS = (1, 4, 16)
 READY_INFLIGHT = 16
+PNG_COMPRESS_LEVEL = 1
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -308,91 +309,14 @@ class DirectPipeline:
         self.last_image = output.images[0]
 
     def encode_last(self) -> str:
-        """PNG + base64, as the server encodes each image (timed apart from the pipeline call)."""
+        """PNG + base64 as the server encodes each image (timed apart from the pipeline call).
+
+        The level mirrors ``predictor.pipelines.text_to_image.PNG_COMPRESS_LEVEL`` (not imported:
+        that module imports kserve).
+        """
         buffer = io.BytesIO()
-        self.last_image.save(buffer, format="PNG")
+        self.last_image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def build_random_sd15(output_dir: Path, seed: int = 0) -> Path:
-    """A Stable Diffusion 1.5-sized pipeline (860M-parameter UNet, full VAE, 12-layer CLIP) with random weights.
-
-    Compute per step matches the real SD 1.5, so GPU timings are representative; images are
-    noise. Saved in float16 (about 2 GB). The tokenizer is the tiny byte-level one of
-    ``predictor.tiny`` (the text encoder's cost does not depend on the vocabulary).
-    """
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from predictor.tiny import TOKENIZER_MAX_LENGTH, write_tokenizer
-
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    tokenizer_dir = output / "_tokenizer_src"
-    write_tokenizer(tokenizer_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, model_max_length=TOKENIZER_MAX_LENGTH)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=TOKENIZER_MAX_LENGTH,
-            projection_dim=768,
-            hidden_act="quick_gelu",
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    pipeline = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.to(torch.float16)
-    pipeline.save_pretrained(output, safe_serialization=True)
-    for leftover in tokenizer_dir.iterdir():
-        leftover.unlink()
-    tokenizer_dir.rmdir()
-    return output
 
 
 def torch_dtype(name: str, device: str):
@@ -654,13 +578,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m predictor.bench", description=__doc__.splitlines()[0].split(": ", 1)[-1]
     )
-    parser.add_argument("--model_dir", default=None, help="Model to serve; default: build one (--model).")
     parser.add_argument(
-        "--model",
-        choices=("tiny", "sd15-random"),
-        default="tiny",
-        help="Model to build when no --model_dir is given: predictor.tiny's tiny random SD, or an SD 1.5-sized "
-        "pipeline with random weights (for GPU timings; about 2 GB in the temp dir).",
+        "--model_dir",
+        default=None,
+        help="Model to serve; default: build predictor.tiny's tiny random SD in a temp dir. For real-size GPU "
+        "timings without a checkpoint, build one with `python -m predictor.loadtest.realsize DIR`.",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto")
@@ -735,9 +657,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         if args.model_dir:
             model_dir, model_label = str(Path(args.model_dir).resolve()), args.model_dir
-        elif args.model == "sd15-random":
-            print("building an SD 1.5-sized pipeline with random weights ...", flush=True)
-            model_dir, model_label = str(build_random_sd15(scratch / "sd15-random")), "SD 1.5-sized, random weights"
         else:
             from predictor.tiny import build_tiny_sd
 

@@ -202,8 +202,8 @@ def summary_text(result: dict[str, Any]) -> str:
         lat = bp.get("latency_s")
         lat_text = f"{lat:.3f}s" if lat is not None else "-"
         lines.append(
-            f"breaking point: stage {bp['stage'] + 1} at {bp['offered_rps']:g} rps offered "
-            f"({bp['achieved_rps']:g} achieved, {crit['slo_percentile']} {lat_text}): {', '.join(bp['reasons'])}"
+            f"breaking point: stage {bp['stage'] + 1} at {bp['offered_rps']:.4g} rps offered "
+            f"({bp['achieved_rps']:.4g} achieved, {crit['slo_percentile']} {lat_text}): {', '.join(bp['reasons'])}"
         )
     else:
         lines.append("breaking point: not reached")
@@ -212,8 +212,8 @@ def summary_text(result: dict[str, Any]) -> str:
         bound = " (lower bound)" if ms["lower_bound"] else ""
         lat = ms["latency_s"].get(crit["slo_percentile"])
         lines.append(
-            f"max sustainable: {ms['rps_per_replica']:g} rps per replica{bound} "
-            f"({ms['achieved_rps']:g} rps over {ms['replicas']} replica(s)), "
+            f"max sustainable: {ms['rps_per_replica']:.4g} rps per replica{bound} "
+            f"({ms['achieved_rps']:.4g} rps over {ms['replicas']} replica(s)), "
             f"{crit['slo_percentile']} {lat:.3f}s, p50 {ms['latency_s']['p50']:.3f}s "
             f"(SLO {crit['slo_percentile']} <= {crit['slo_latency_s']:g}s)"
         )
@@ -226,7 +226,9 @@ def summary_text(result: dict[str, Any]) -> str:
         )
     unit = result.get("unit")
     if unit:
-        lines.append(f"controller unit: max_throughput: {unit['max_throughput']:g}, latency_s: {unit['latency_s']:g}")
+        lines.append(
+            f"controller unit: max_throughput: {unit['max_throughput']:.4g}, latency_s: {unit['latency_s']:.4g}"
+        )
     for note in result.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)
