@@ -48,9 +48,13 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
         assert stats["n"] == latency["repeats"] > 0
         assert all(_positive(stats[key]) for key in ("p50_ms", "p90_ms", "mean_ms")), stats
     for path in ("rest", "grpc", "rest_batching"):
-        assert _positive(latency["ratio_p50"][path]) and _positive(latency["ratio_p90"][path])
+        assert all(_positive(latency[key][path]) for key in ("ratio_p50", "ratio_p90", "ratio_paired_median"))
     assert set(latency["goal_met"]) == {"rest", "grpc"}
     assert _positive(latency["server_pipeline_mean_ms"])
+    assert set(latency["overhead_mean_ms"]) == {"rest", "grpc"}
+    for path in ("rest", "grpc"):
+        assert latency["client_cpu"][path]["n"] == latency["repeats"]
+        assert _positive(latency["client_cpu"][path]["p50_ms"])
 
     throughput = report["throughput"]["servers"]
     assert set(throughput) == set(SERVERS)
