@@ -19,6 +19,7 @@ import base64
 import binascii
 import io
 import logging
+from abc import abstractmethod
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -287,11 +288,13 @@ class _ClassifierTask(Task):
         return [{"labels": list(r.labels), "scores": list(r.scores)} for r in results]
 
     # hooks
+    @abstractmethod
     def _v2_values(self, request: InferRequest) -> list[Any]:
-        raise NotImplementedError
+        """The per-item input values of a v2 request (texts or encoded images)."""
 
+    @abstractmethod
     def _v1_value(self, instance: Any, where: str) -> Any:
-        raise NotImplementedError
+        """The input value of one v1 instance."""
 
     def _inputs(self, values: list[Any]) -> tuple[list, list[int], dict[int, ImageError]]:
         return values, list(range(len(values))), {}

@@ -6,6 +6,7 @@ parameter, which the server answers with HTTP 400 / gRPC INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -13,12 +14,31 @@ import numpy as np
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
 
+# Field numbers of InferParameter values that kserve's proto lacks but Triton clients send
+# (the Triton proto adds double_param = 4 and uint64_param = 5).
+_FIXED64_DOUBLE_FIELD = 4
+_VARINT_UINT64_FIELD = 5
+
 
 def parameter_value(name: str, value: Any) -> Any:
-    """Plain value of a parameter; gRPC ``InferParameter`` messages are unwrapped (Triton doubles too)."""
-    from predictor.pipelines.text_to_image import _grpc_parameter_value
+    """Plain value of a gRPC InferParameter.
 
-    return _grpc_parameter_value(name, value)
+    kserve's InferParameter has only bool/int64/string; a float sent by tritonclient
+    (double_param) arrives as an unknown field, which we decode instead of dropping it.
+    """
+    if not hasattr(value, "WhichOneof"):
+        return value
+    field = value.WhichOneof("parameter_choice")
+    if field:
+        return getattr(value, field)
+    from google.protobuf import unknown_fields
+
+    for unknown in unknown_fields.UnknownFieldSet(value):
+        if unknown.field_number == _FIXED64_DOUBLE_FIELD and unknown.wire_type == 1:
+            return struct.unpack("<d", struct.pack("<Q", unknown.data))[0]
+        if unknown.field_number == _VARINT_UINT64_FIELD and unknown.wire_type == 0:
+            return int(unknown.data)
+    raise InvalidInput(f"parameter '{name}' has no value this server can read; send a bool, int64 or string")
 
 
 def request_parameters(request: InferRequest, known: Iterable[str]) -> dict[str, Any]:
@@ -57,7 +77,7 @@ def bytes_elements(request: InferRequest, name: str, required: bool = True) -> l
         raise InvalidInput(f"input '{name}' must have shape [N], got {list(tensor.shape or [])}")
     try:
         values = tensor.as_numpy().reshape(-1).tolist()
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, struct.error) as error:
         raise InvalidInput(f"input '{name}': data does not match shape {list(tensor.shape)}: {error}") from None
     if len(values) != shape[0]:
         raise InvalidInput(f"input '{name}': shape says {shape[0]} elements, data has {len(values)}")

@@ -17,7 +17,6 @@ import base64
 import io
 import logging
 import random
-import struct
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,6 +25,7 @@ import numpy as np
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
 
+from predictor.pipelines import tensors
 from predictor.pipelines.base import Task
 
 logger = logging.getLogger(__name__)
@@ -155,63 +155,11 @@ def encode_png(image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-# Field numbers of InferParameter values that kserve's proto lacks but Triton clients send
-# (the Triton proto adds double_param = 4 and uint64_param = 5).
-_FIXED64_DOUBLE_FIELD = 4
-_VARINT_UINT64_FIELD = 5
-
-
-def _grpc_parameter_value(name: str, value: Any) -> Any:
-    """Plain value of a gRPC InferParameter.
-
-    kserve's InferParameter has only bool/int64/string; a float sent by tritonclient
-    (double_param) arrives as an unknown field, which we decode instead of dropping it.
-    """
-    if not hasattr(value, "WhichOneof"):
-        return value
-    field = value.WhichOneof("parameter_choice")
-    if field:
-        return getattr(value, field)
-    from google.protobuf import unknown_fields
-
-    for unknown in unknown_fields.UnknownFieldSet(value):
-        if unknown.field_number == _FIXED64_DOUBLE_FIELD and unknown.wire_type == 1:
-            return struct.unpack("<d", struct.pack("<Q", unknown.data))[0]
-        if unknown.field_number == _VARINT_UINT64_FIELD and unknown.wire_type == 0:
-            return int(unknown.data)
-    raise InvalidInput(f"parameter '{name}' has no value this server can read; send a bool, int64 or string")
-
-
 def _text_list(request: InferRequest, name: str, required: bool) -> list[str] | None:
-    tensor = request.get_input_by_name(name)
-    if tensor is None:
-        if required:
-            raise InvalidInput(f"input '{name}' is required (BYTES, shape [N])")
+    values = tensors.bytes_elements(request, name, required)
+    if values is None:
         return None
-    if tensor.datatype != "BYTES":
-        raise InvalidInput(f"input '{name}' must have datatype BYTES, got {tensor.datatype}")
-    shape = list(tensor.shape or [])
-    if len(shape) == 2 and shape[1] == 1:
-        shape = shape[:1]
-    if len(shape) != 1:
-        raise InvalidInput(f"input '{name}' must have shape [N], got {list(tensor.shape or [])}")
-    try:
-        values = tensor.as_numpy().reshape(-1).tolist()
-    except (ValueError, TypeError, struct.error) as error:
-        raise InvalidInput(f"input '{name}': data does not match shape {list(tensor.shape)}: {error}") from None
-    if len(values) != shape[0]:
-        raise InvalidInput(f"input '{name}': shape says {shape[0]} elements, data has {len(values)}")
-    texts = []
-    for value in values:
-        if isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidInput(f"input '{name}' must hold UTF-8 text") from None
-        if not isinstance(value, str):
-            raise InvalidInput(f"input '{name}' must hold strings, got {type(value).__name__}")
-        texts.append(value)
-    return texts
+    return [tensors.as_text(value, f"input '{name}'") for value in values]
 
 
 class TextToImageTask(Task):
@@ -271,7 +219,7 @@ class TextToImageTask(Task):
             raise InvalidInput(
                 f"input 'negative_prompt' has {len(negatives)} elements; it must match 'prompt' ({len(prompts)})"
             )
-        raw = {key: _grpc_parameter_value(key, value) for key, value in (request.parameters or {}).items()}
+        raw = {key: tensors.parameter_value(key, value) for key, value in (request.parameters or {}).items()}
         return self._items(prompts, negatives, raw)
 
     def parse_v1(self, body: dict) -> list[ImageItem]:
