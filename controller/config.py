@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 POOLS = ("cost", "capacity")
+STRATEGIES = ("merit-order", "proportional")
 ROUTER_KINDS = ("inferencegraph", "alb-ingress")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -77,6 +78,22 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class Routing:
+    """How weights are computed (see controller/allocation.py and docs/controller.md).
+
+    ``merit-order`` (needs measured demand): replicas that are paid for anyway (``min_replicas``)
+    serve first, the rest goes to the cheapest units that can get capacity, never more to a unit
+    than its ready replicas carry at ``max_utilisation``; the controller sets ``minReplicas`` so
+    units grow before traffic moves to them. ``proportional``: the seed's two weight sets, all to
+    the cost pool, or seed Table 2 proportions when the cost pool is short.
+    """
+
+    strategy: Literal["merit-order", "proportional"] = "proportional"
+    target_utilisation: float = 0.7  # the InferenceServices' scaleTarget / max_throughput
+    max_utilisation: float = 0.9  # never route more to a unit's ready replicas while others have room
+
+
+@dataclass(frozen=True)
 class Prometheus:
     url: str
     # string.Template placeholders: $namespace, $names (regex alternation of unit names).
@@ -114,6 +131,7 @@ class ControllerConfig:
     namespace: str = "default"
     prometheus: Prometheus | None = None
     prewarm: Prewarm = field(default_factory=Prewarm)
+    routing: Routing = field(default_factory=Routing)
     lease: Lease = field(default_factory=Lease)
     metrics_port: int = 8080
     metrics_host: str = "0.0.0.0"
@@ -343,6 +361,23 @@ def _parse_prewarm(raw: Any) -> Prewarm:
     )
 
 
+def _parse_routing(raw: Any, measured_demand: bool) -> Routing:
+    path = "routing"
+    data = _mapping(raw, path)
+    _check_keys(data, _field_names(Routing), path)
+    strategy = data.get("strategy", "merit-order" if measured_demand else "proportional")
+    if strategy not in STRATEGIES:
+        raise _err(f"{path}.strategy", f"must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if strategy == "merit-order" and not measured_demand:
+        raise _err(f"{path}.strategy", "merit-order needs measured demand: set prometheus.url")
+    target = _number(data.get("target_utilisation", Routing.target_utilisation), f"{path}.target_utilisation",
+                     gt=0, le=1)
+    highest = _number(data.get("max_utilisation", Routing.max_utilisation), f"{path}.max_utilisation", gt=0, le=1)
+    if highest < target:
+        raise _err(f"{path}.max_utilisation", f"must be >= target_utilisation ({target:g})")
+    return Routing(strategy=strategy, target_utilisation=target, max_utilisation=highest)
+
+
 def _parse_lease(raw: Any, default_ns: str) -> Lease:
     path = "lease"
     data = _mapping(raw, path)
@@ -367,6 +402,7 @@ _TOP_KEYS = {
     "namespace",
     "prometheus",
     "prewarm",
+    "routing",
     "lease",
     "metrics_port",
     "metrics_host",
@@ -405,6 +441,7 @@ def parse_config(data: Mapping) -> ControllerConfig:
                     f"must equal router.namespace ({router.namespace}) for an InferenceGraph router",
                 )
 
+    prometheus = _parse_prometheus(data.get("prometheus"))
     metrics_port = _int(data.get("metrics_port", 8080), "metrics_port", ge=0, le=65535)
     metrics_host = _str(data.get("metrics_host", "0.0.0.0"), "metrics_host")
     return ControllerConfig(
@@ -413,8 +450,9 @@ def parse_config(data: Mapping) -> ControllerConfig:
         timing=_parse_timing(data.get("timing")),
         thresholds=_parse_thresholds(data.get("thresholds")),
         namespace=namespace,
-        prometheus=_parse_prometheus(data.get("prometheus")),
+        prometheus=prometheus,
         prewarm=_parse_prewarm(data.get("prewarm")),
+        routing=_parse_routing(data.get("routing"), measured_demand=prometheus is not None),
         lease=_parse_lease(data.get("lease"), namespace),
         metrics_port=metrics_port,
         metrics_host=metrics_host,

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from controller.allocation import allocate
 from controller.config import ControllerConfig
 from controller.weights import (
     capacity_optimized_weights,
@@ -68,6 +69,8 @@ class PolicyState:
     # Replicas each capacity-short unit is credited with: the fewest ready replicas seen since
     # it became short, so capacity-optimized weights drop fast and rise only once it is not short.
     short_capacity: Mapping[str, float] = field(default_factory=dict)
+    # merit-order: replica floors in effect and until when each is held before it may go down.
+    floors: Mapping[str, tuple[int, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Decision:
     reason: str  # one line for logs, status and Events
     prewarm: dict[str, int] = field(default_factory=dict)  # unit -> minReplicas to set (empty: no pre-warm)
     demand_rps: float | None = None  # demand the decision used (measured or estimated)
+    planned_rps: dict[str, float] = field(default_factory=dict)  # merit-order: where traffic should be
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,9 @@ def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: 
         )
         return Decision(state=state, weights=held, switched=False, stale=True, reason=why)
 
+    if config.routing.strategy == "merit-order":
+        return _decide_merit_order(config, state, signals, now, current)
+
     view = observe(config, state, signals)
 
     # ---- headroom clock (reset by any shortage).
@@ -303,6 +310,106 @@ def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: 
         prewarm=prewarm,
         demand_rps=view.demand_rps,
     )
+
+
+def _decide_merit_order(
+    config: ControllerConfig, state: PolicyState, signals: Signals, now: float, current: dict[str, int]
+) -> Decision:
+    """The ``merit-order`` strategy (see :mod:`controller.allocation`).
+
+    The mode still says whether the cost pool is short of capacity, with the same hysteresis as
+    the proportional strategy, but it no longer moves all traffic at once: it only decides whether
+    the cost pool may grow (cost-optimized) or is held to the replicas it runs (capacity-optimized).
+    In capacity-optimized mode the cost pool keeps asking for the replicas the cost-optimized plan
+    would give it (its ``minReplicas``): those pods are the capacity probe. When they schedule
+    and become ready, traffic moves back to them and the capacity units' floors come down; the
+    mode returns to cost-optimized once the cost pool has held everything it asked for, without
+    any shortage, for ``fallback_hold_s``.
+    """
+    timing = config.timing
+    routing = config.routing
+    if signals.demand_rps is None:
+        held = current or cost_optimized_weights(config.units)
+        return Decision(state=state, weights=held, switched=False, stale=True,
+                        reason="stale: no demand measurement (Prometheus); holding weights and floors")
+    demand = max(0.0, float(signals.demand_rps))
+    us = signals.units
+    cost_units = config.cost_units
+    short = any(_unit_short(us[u.name]) for u in cost_units)
+    # Pods that cannot schedule, or capacity errors while the cost pool wants more than it runs.
+    blocked = any(
+        us[u.name].unschedulable_replicas > 0
+        or (us[u.name].capacity_errors > 0 and us[u.name].desired_replicas > us[u.name].ready_replicas)
+        for u in cost_units
+    )
+    holds_all = all(us[u.name].ready_replicas >= us[u.name].desired_replicas for u in cost_units)
+    headroom = not short and holds_all
+    headroom_since = (state.cost_headroom_since if state.cost_headroom_since is not None else now) if headroom else None
+
+    mode: Mode = state.mode
+    switched = False
+    if state.mode == COST:
+        if blocked:
+            mode, switched = CAPACITY, True
+            why = "failover: cost pool short of capacity; holding it to the replicas it runs"
+        else:
+            why = "cost-optimized"
+    else:
+        in_state = now - state.since
+        held = now - headroom_since if headroom_since is not None else 0.0
+        if headroom_since is not None and held >= timing.fallback_hold_s and in_state >= timing.min_state_s:
+            mode, switched = COST, True
+            why = f"fallback: cost pool held all it asked for, no shortage, for {_fmt(held)} s"
+        elif headroom_since is not None:
+            why = f"capacity-optimized: cost pool headroom for {_fmt(held)} s of {timing.fallback_hold_s:g} s"
+        else:
+            why = "capacity-optimized: cost pool " + ("short of capacity" if short else "starting the replicas it asked for")
+    since = now if switched else state.since
+
+    ready = {u.name: us[u.name].ready_replicas for u in config.units}
+    growable = {u.name: float(u.max_replicas) for u in config.units}
+    obtainable = dict(growable)
+    for u in config.units:
+        s = us[u.name]
+        if (mode == CAPACITY and u.pool == "cost") or _unit_short(s):
+            # What it runs (Pending pods may never schedule); a cost unit that is not short any
+            # more is credited with everything it asked for.
+            running = s.desired_replicas - s.pending_replicas
+            have = running if _unit_short(s) else s.desired_replicas - s.unschedulable_replicas
+            obtainable[u.name] = float(min(u.max_replicas, max(s.ready_replicas, have)))
+    plan = allocate(config.units, demand, ready, obtainable, routing.target_utilisation, routing.max_utilisation)
+    why += (
+        f": demand {_fmt(demand)} rps; routed "
+        + ", ".join(f"{n} {_fmt(r)}" for n, r in plan.routed_rps.items() if r > 0.05)
+        + (f"; {_fmt(plan.unmet_rps)} rps beyond every replica" if plan.unmet_rps > 0.05 else "")
+    )
+
+    prewarm: dict[str, int] = {}
+    floors: dict[str, tuple[int, float]] = {}
+    if config.prewarm.enabled:
+        want = dict(plan.replicas)
+        if mode == CAPACITY:  # the probe: what the cost pool would run if it could grow
+            probe = allocate(config.units, demand, ready, {**obtainable, **{u.name: growable[u.name] for u in cost_units}},
+                             routing.target_utilisation, routing.max_utilisation)
+            for u in cost_units:
+                want[u.name] = max(want[u.name], probe.replicas[u.name])
+        else:  # the autoscaler sizes a cost pool that can grow
+            for u in cost_units:
+                want[u.name] = u.min_replicas
+        for u in config.units:
+            value, until = state.floors.get(u.name, (u.min_replicas, now))
+            if want[u.name] >= value:
+                floors[u.name] = (want[u.name], now + config.prewarm.hold_s)
+            elif now >= until:  # lower a floor only after it has been held
+                floors[u.name] = (want[u.name], now + config.prewarm.hold_s)
+            else:
+                floors[u.name] = (value, until)
+            prewarm[u.name] = floors[u.name][0]
+
+    new_state = PolicyState(mode=mode, since=since, cost_headroom_since=headroom_since, weights=dict(plan.weights),
+                            floors=floors)
+    return Decision(state=new_state, weights=dict(plan.weights), switched=switched, stale=False, reason=why,
+                    prewarm=prewarm, demand_rps=demand, planned_rps=dict(plan.planned_rps))
 
 
 def _renormalize(live: Mapping[str, float], fallback: Mapping[str, int]) -> dict[str, int]:

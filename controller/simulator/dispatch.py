@@ -5,50 +5,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
+from controller.allocation import Dispatch, merit_order
 
-@dataclass(frozen=True)
-class Dispatch:
-    """Result of a merit-order dispatch: requests/s given to each unit and what is left over."""
-
-    allocation: dict[str, float]
-    unmet: float
-    order: tuple[str, ...]  # units from cheapest to dearest
-
-    @property
-    def served(self) -> float:
-        return float(sum(self.allocation.values()))
-
-
-def merit_order(costs: Mapping[str, float], capacities: Mapping[str, float], demand: float) -> Dispatch:
-    """Fill units from the lowest cost per inference up to their capacity until ``demand`` is met.
-
-    ``costs`` and ``capacities`` are keyed by unit name (capacities in requests/s). Ties in cost
-    are broken by name so that the result is deterministic. ``unmet`` is the demand left when
-    every unit is full (0 otherwise).
-    """
-    if demand < 0 or not math.isfinite(demand):
-        raise ValueError(f"demand must be finite and >= 0, got {demand!r}")
-    if set(costs) != set(capacities):
-        raise ValueError("costs and capacities must name the same units")
-    order = tuple(sorted(costs, key=lambda n: (costs[n], n)))
-    left = float(demand)
-    alloc: dict[str, float] = {}
-    for name in order:
-        cap = float(capacities[name])
-        if cap < 0:
-            raise ValueError(f"capacity of {name} must be >= 0")
-        take = min(cap, left)
-        alloc[name] = take
-        left -= take
-    return Dispatch(allocation=alloc, unmet=max(left, 0.0), order=order)
+__all__ = ["Dispatch", "merit_order", "merit_order_matrix", "blended_cost", "scale_target",
+           "container_concurrency", "replicas_for"]
 
 
 def merit_order_matrix(costs: Sequence[float], capacities: np.ndarray, demand: np.ndarray) -> np.ndarray:
-    """Vectorised :func:`merit_order` over time: ``capacities`` is ``[T, N]``, ``demand`` is ``[T]``;
+    """Vectorised :func:`controller.allocation.merit_order` over time: ``capacities`` is ``[T, N]``, ``demand`` is ``[T]``;
     returns the ``[T, N]`` allocation (columns in the input order)."""
     caps = np.asarray(capacities, dtype=float)
     dem = np.asarray(demand, dtype=float)

@@ -155,7 +155,7 @@ def test_prometheus_demand_query_and_errors():
 def test_prometheus_demand_drives_the_decision_and_its_failure_falls_back_to_the_autoscaler(world, clock):
     with _Prom() as prom:
         prom.answer["data"]["result"] = [{"metric": {}, "value": [0, "900"]}]
-        ctl = world.controller(prometheus={"url": prom.url, "timeout_s": 2})
+        ctl = world.controller(prometheus={"url": prom.url, "timeout_s": 2}, routing={"strategy": "proportional"})
         world.set_unit("sd21-inf2", ready=3, desired=3, unschedulable=1)  # short, 315 rps served
         r = ctl.step()
         assert r.decision.demand_rps == 900 and r.decision.switched  # measured demand > served
@@ -163,4 +163,22 @@ def test_prometheus_demand_drives_the_decision_and_its_failure_falls_back_to_the
         clock.advance(INTERVAL)
         r = ctl.step()
         assert r.action in ("applied", "unchanged") and r.decision.demand_rps == 3 * 105 + 130 + 90 + 61 + 60
+        assert 'traffic_controller_errors_total{source="prometheus"} 1.0' in ctl.metrics.render().decode()
+
+
+def test_merit_order_routes_measured_demand_and_holds_everything_when_prometheus_fails(world, clock):
+    with _Prom() as prom:
+        prom.answer["data"]["result"] = [{"metric": {}, "value": [0, "300"]}]
+        ctl = world.controller(prometheus={"url": prom.url, "timeout_s": 2})  # merit-order by default
+        world.set_unit("sd21-inf2", ready=3, desired=3)
+        r = ctl.step()
+        assert r.action == "applied" and r.decision.demand_rps == 300
+        w = world.weights()
+        # Every unit's paid-for replica serves (below its scale target), inf2 takes the rest.
+        assert all(w[n] > 0 for n in w) and w["sd21-inf2"] == max(w.values())
+        prom.code = 500
+        clock.advance(INTERVAL)
+        r = ctl.step()
+        assert r.action == "stale" and "no demand measurement" in r.decision.reason
+        assert world.weights() == w  # nothing acted on without the measurement
         assert 'traffic_controller_errors_total{source="prometheus"} 1.0' in ctl.metrics.render().decode()
