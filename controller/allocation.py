@@ -33,7 +33,8 @@ from controller.weights import cost_optimized_weights, cost_per_inference, integ
 
 # Floor replicas serve at this fraction of the target, so integer weights and demand noise between
 # two decisions do not push a paid-for replica over its scale target (the KPA would add another).
-FLOOR_SHARE_OF_TARGET = 0.85
+FLOOR_SHARE_OF_TARGET = 0.95
+WEIGHT_ROUNDING = 0.005  # integer percentages: a share may be rounded up by half a point
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,11 @@ def allocate(
     at_target = {n: mx[n] * target_utilisation for n in names}
 
     # 1. plan: paid-for floors, then merit order at the target, then every replica up to max.
-    stage0 = merit_order(cpi, {n: floor[n] * at_target[n] * FLOOR_SHARE_OF_TARGET for n in names}, demand_rps)
+    # Less half a weight point: integer weights may round a unit's share up by that much.
+    rounding = demand_rps * WEIGHT_ROUNDING
+    stage0 = merit_order(
+        cpi, {n: max(0.0, floor[n] * at_target[n] * FLOOR_SHARE_OF_TARGET - rounding) for n in names}, demand_rps
+    )
     stage1 = merit_order(cpi, {n: max(0.0, can[n] - floor[n]) * at_target[n] for n in names}, stage0.unmet)
     used = {n: stage0.allocation[n] + stage1.allocation[n] for n in names}
     stage2 = merit_order(cpi, {n: max(0.0, can[n] * mx[n] * max_utilisation - used[n]) for n in names}, stage1.unmet)

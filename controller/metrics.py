@@ -37,6 +37,10 @@ class Metrics:
         p = "traffic_controller_"
         self.mode = Gauge(p + "mode", "1 for the current policy mode", ["mode"], registry=r)
         self.weight = Gauge(p + "weight_percent", "Weight the controller wants for each unit", ["unit"], registry=r)
+        self.planned = Gauge(p + "unit_planned_rps", "Requests/s the merit-order plan puts on each unit", ["unit"],
+                             registry=r)
+        self.floor = Gauge(p + "unit_min_replicas", "minReplicas the controller sets on each unit (pre-warm)", ["unit"],
+                           registry=r)
         self.router_weight = Gauge(p + "router_weight_percent", "Weight read from the router", ["unit"], registry=r)
         self.switches = Counter(p + "switches_total", "Mode switches", ["to"], registry=r)
         self.patches = Counter(p + "patches_total", "Writes to the cluster", ["target"], registry=r)
@@ -96,6 +100,10 @@ class Metrics:
             self.demand.set(decision.demand_rps)
         for name, w in decision.weights.items():
             self.weight.labels(name).set(w)
+        for name, rps in decision.planned_rps.items():
+            self.planned.labels(name).set(rps)
+        for name, n in decision.prewarm.items():
+            self.floor.labels(name).set(n)
 
     def observe_router(self, weights: Mapping[str, int], paused: bool) -> None:
         for name, w in weights.items():

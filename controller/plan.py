@@ -226,8 +226,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="controller config (the one `controller run` uses)")
     p.add_argument("--demand", type=float, help="demand in requests/s: merit-order cost-optimized weights")
     p.add_argument("--format", choices=["json", "table"], default="table")
-    p.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION,
-                   help="target utilisation of the breaking-point throughput for scaleTarget (default 0.7)")
+    p.add_argument("--utilisation", type=float, default=None,
+                   help="target utilisation of the breaking-point throughput for scaleTarget "
+                        "(default: the config's routing.target_utilisation, 0.7 unless set)")
     p.add_argument("--fill", choices=FILLS, default="breaking-point",
                    help="unit capacity in the merit order: max_replicas x max throughput (breaking-point, "
                         "default) or x scale target (target)")
@@ -254,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: --weights {raw}: {exc}", file=sys.stderr)
             return 2
     try:
-        plan = build_plan(config, args.demand, args.utilisation, extra, args.fill)
+        utilisation = config.routing.target_utilisation if args.utilisation is None else args.utilisation
+        plan = build_plan(config, args.demand, utilisation, extra, args.fill)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -37,8 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--static-weights", default="cost-optimized",
                    help="weights of the static policy: cost-optimized, capacity-optimized, 40/20/15/15/10 "
                         "(config order) or name=40,name=20,... (default: cost-optimized)")
-    p.add_argument("--utilisation", type=float, default=0.7,
-                   help="KPA target utilisation of the breaking-point throughput (default 0.7)")
+    p.add_argument("--utilisation", type=float, default=None,
+                   help="KPA target utilisation of the breaking-point throughput "
+                        "(default: the config's routing.target_utilisation, 0.7 unless set)")
     p.add_argument("--scale-to-zero", action="store_true", help="let units without traffic scale to zero")
     p.add_argument("--stable-window", type=float, default=60.0, help="KPA stable window, s (default 60)")
     p.add_argument("--panic-threshold", type=float, default=2.0, help="KPA panic threshold (default 2.0)")
@@ -101,9 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except WeightsSpecError as exc:
             print(f"error: --static-weights: {exc}", file=sys.stderr)
             return 2
+    if args.demand == "autoscaler" and config.routing.strategy == "merit-order":
+        print("error: --demand autoscaler: routing.strategy merit-order needs measured demand "
+              "(use a config with routing.strategy: proportional)", file=sys.stderr)
+        return 2
+    utilisation = config.routing.target_utilisation if args.utilisation is None else args.utilisation
     try:
         settings = SimSettings(
-            kpa=KpaSettings(target_utilisation=args.utilisation, stable_window_s=args.stable_window,
+            kpa=KpaSettings(target_utilisation=utilisation, stable_window_s=args.stable_window,
                             panic_threshold=args.panic_threshold, scale_to_zero=args.scale_to_zero),
             cluster=ClusterSettings(),
             slo=SloSettings(latency_s=args.slo, quantile=args.slo_quantile),
