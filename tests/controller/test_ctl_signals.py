@@ -168,11 +168,11 @@ def test_prometheus_demand_drives_the_decision_and_its_failure_falls_back_to_the
 
 def test_merit_order_routes_measured_demand_and_holds_everything_when_prometheus_fails(world, clock):
     with _Prom() as prom:
-        prom.answer["data"]["result"] = [{"metric": {}, "value": [0, "300"]}]
+        prom.answer["data"]["result"] = [{"metric": {}, "value": [0, "500"]}]
         ctl = world.controller(prometheus={"url": prom.url, "timeout_s": 2})  # merit-order by default
         world.set_unit("sd21-inf2", ready=3, desired=3)
         r = ctl.step()
-        assert r.action == "applied" and r.decision.demand_rps == 300
+        assert r.action == "applied" and r.decision.demand_rps == 500
         w = world.weights()
         # Every unit's paid-for replica serves (below its scale target), inf2 takes the rest.
         assert all(w[n] > 0 for n in w) and w["sd21-inf2"] == max(w.values())
@@ -182,3 +182,25 @@ def test_merit_order_routes_measured_demand_and_holds_everything_when_prometheus
         assert r.action == "stale" and "no demand measurement" in r.decision.reason
         assert world.weights() == w  # nothing acted on without the measurement
         assert 'traffic_controller_errors_total{source="prometheus"} 1.0' in ctl.metrics.render().decode()
+
+
+def test_merit_order_failover_in_the_cluster_keeps_inf2_serving_and_probes_for_its_capacity(world, clock):
+    with _Prom() as prom:
+        prom.answer["data"]["result"] = [{"metric": {}, "value": [0, "500"]}]
+        ctl = world.controller(prometheus={"url": prom.url, "timeout_s": 2})
+        world.set_unit("sd21-inf2", ready=4, desired=4)
+        ctl.step()
+        assert world.min_replicas("sd21-inf2") == 1
+        world.inf2_outage()  # 2 ready, 6 wanted, 4 unschedulable, ICE events
+        clock.advance(INTERVAL)
+        r = ctl.step()
+        assert r.action == "applied" and r.decision.switched
+        w = world.weights()
+        assert w["sd21-inf2"] > 0  # its two ready replicas keep serving
+        assert world.min_replicas("sd21-trn1") >= 2  # the next cheapest unit grows for the rest
+        assert world.min_replicas("sd21-inf2") > 2  # the capacity probe: inf2 still asks for its share
+        (event,) = world.events("Failover")
+        assert "short of capacity" in event["message"]
+        text = ctl.metrics.render().decode()
+        assert 'traffic_controller_unit_min_replicas{unit="sd21-trn1"}' in text
+        assert 'traffic_controller_unit_planned_rps{unit="sd21-inf2"}' in text

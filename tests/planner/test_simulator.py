@@ -274,6 +274,17 @@ def test_seed_two_state_polls_every_300_seconds_and_flaps(seed_config, all_runs)
     assert seed.switches > runs["controller"].switches  # the goal: fewer switches than the seed
 
 
+def test_the_shipped_config_meets_the_issue_goals_on_the_outage_day(seed_config):
+    """The documented run (docs/simulation.md): a day, inf2 capped at 4 replicas from 07:00 to 15:00."""
+    tr = outage(["sd21-inf2"])  # the generator's defaults, as `python -m controller.traces outage`
+    runs = run_all(seed_config, tr)
+    summary = summarise(seed_config, runs, SimSettings())
+    assert summary["goals"] == {"cost_within_10pct_of_oracle": True, "nothing_dropped_that_capacity_allowed": True,
+                                "fewer_switches_than_seed": True}
+    pol = summary["policies"]
+    assert pol["controller"]["dropped"] == 0 and pol["controller"]["cost_usd"] < pol["static"]["cost_usd"]
+
+
 def test_seed_two_state_uses_the_two_fixed_weight_sets(seed_config):
     p = SeedTwoStatePolicy(seed_config)
     assert p.interval_s == 300

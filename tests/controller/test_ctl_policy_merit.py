@@ -1,0 +1,204 @@
+"""The merit-order strategy of the switching policy, as a specification. Pure: times are explicit."""
+
+import dataclasses
+import random
+
+import pytest
+
+from controller.config import ConfigError, parse_config
+from controller.policy import CAPACITY, COST, Signals, UnitSignals, decide, initial_state
+from controller.weights import valid_weights
+
+NAMES = ["sd21-inf2", "sd21-trn1", "sd21-g5-triton", "sd21-g6-triton", "sd21-g5-cuda"]
+INF2, TRN1, G5T, G6T, G5C = NAMES
+TPUT = {INF2: 105, TRN1: 130, G5T: 90, G6T: 61, G5C: 60}
+PRICE = {INF2: 0.7582, TRN1: 1.3438, G5T: 1.006, G6T: 0.8048, G5C: 1.006}
+HOLD = 600.0
+
+
+def make_config(**overrides):
+    data = {
+        "namespace": "sd21",
+        "units": [
+            {
+                "name": n,
+                "pool": "cost" if n == INF2 else "capacity",
+                "instance_type": "x",
+                "price_per_hour": PRICE[n],
+                "max_throughput": TPUT[n],
+                "latency_s": 0.7,
+                "max_replicas": 10,
+                "min_replicas": 1,
+            }
+            for n in NAMES
+        ],
+        "router": {"name": "sd21-router"},
+        "timing": {"interval_s": 30, "signal_max_age_s": 120, "min_state_s": 300, "fallback_hold_s": 900},
+        "prometheus": {"url": "http://prometheus:9090"},
+        "prewarm": {"enabled": True, "hold_s": HOLD},
+    }
+    data.update(overrides)
+    return parse_config(data)
+
+
+CFG = make_config()
+
+
+def signals(t, demand, inf2_ready=4, **inf2):
+    others = inf2.pop("others", {})
+    units = {n: UnitSignals(ready_replicas=1, desired_replicas=1) for n in NAMES}
+    units[INF2] = UnitSignals(ready_replicas=inf2_ready, desired_replicas=inf2.pop("desired", inf2_ready), **inf2)
+    units.update(others)
+    return Signals(at=t, units=units, demand_rps=demand)
+
+
+def outage(t, demand=600.0, running=4):
+    """inf2 runs 4 replicas and wants 8; 4 pods cannot be scheduled, with capacity errors."""
+    return signals(t, demand, inf2_ready=running, desired=8, pending_replicas=4, unschedulable_replicas=4,
+                   capacity_errors=3)
+
+
+def run(config, signals_at, start=0.0, end=3600.0, step=30.0, state=None):
+    state = state or initial_state(config, start)
+    out = []
+    t = start
+    while t <= end:
+        d = decide(config, state, signals_at(t), t)
+        out.append((t, d))
+        state = d.state
+        t += step
+    return out
+
+
+def test_merit_order_is_the_default_with_measured_demand_and_needs_it():
+    assert CFG.routing.strategy == "merit-order"
+    assert make_config(prometheus=None).routing.strategy == "proportional"
+    with pytest.raises(ConfigError, match="routing.strategy: merit-order needs measured demand"):
+        make_config(prometheus=None, routing={"strategy": "merit-order"})
+    with pytest.raises(ConfigError, match="routing.max_utilisation"):
+        make_config(routing={"target_utilisation": 0.8, "max_utilisation": 0.7})
+
+
+def test_steady_state_uses_the_paid_for_replicas_and_sends_the_rest_to_the_cost_pool():
+    d = decide(CFG, initial_state(CFG, 0), signals(0, 400.0), 0)
+    assert d.state.mode == COST and not d.switched and not d.stale
+    assert all(d.weights[n] > 0 for n in NAMES) and d.weights[INF2] == max(d.weights.values())
+    for n in NAMES[1:]:  # one replica each, kept below its scale target
+        assert d.weights[n] / 100 * 400.0 < TPUT[n] * 0.7
+    assert d.prewarm == {n: 1 for n in NAMES}  # nothing to pre-warm; the autoscaler sizes inf2
+    assert d.demand_rps == 400.0 and sum(d.planned_rps.values()) == pytest.approx(400.0)
+
+
+def test_failover_holds_the_cost_pool_to_what_it_runs_and_starts_the_next_cheapest_unit():
+    state = decide(CFG, initial_state(CFG, 0), signals(0, 600.0), 0).state
+    d = decide(CFG, state, outage(30), 30)
+    assert d.switched and d.state.mode == CAPACITY and "failover" in d.reason
+    # inf2 keeps the traffic its 4 ready replicas carry: the failover moves only what it cannot take
+    # (planned at the target utilisation; routed up to 90 % while trn1's new replicas start).
+    assert 3.9 * 105 * 0.7 <= d.planned_rps[INF2] <= 4 * 105 * 0.7
+    assert d.planned_rps[INF2] - 6 <= d.weights[INF2] / 100 * 600.0 <= 4 * 105 * 0.9 + 6
+    # trn1 (the next cheapest) gets replicas for the rest; the dearer units stay at their floor.
+    assert d.prewarm[TRN1] >= 2 and d.prewarm[G5T] == d.prewarm[G6T] == d.prewarm[G5C] == 1
+    # The capacity probe: inf2 keeps asking for what the cost-optimized plan would give it.
+    assert d.prewarm[INF2] > 4
+
+
+def test_capacity_errors_without_unmet_wants_do_not_fail_over():
+    d = decide(CFG, initial_state(CFG, 0), signals(0, 300.0, capacity_errors=2), 0)
+    assert d.state.mode == COST and not d.switched
+
+
+def test_lost_pods_with_capacity_errors_fail_over_before_the_grace_period():
+    lost = signals(0, 500.0, inf2_ready=0, desired=5, pending_replicas=5, capacity_errors=1)
+    d = decide(CFG, initial_state(CFG, 0), lost, 0)
+    assert d.switched and d.weights[INF2] == 0 and all(d.weights[n] > 0 for n in NAMES[1:])
+
+
+def test_fallback_after_the_probe_pods_are_ready_and_no_shortage_for_the_hold():
+    def world(t):
+        if t < 600:
+            return outage(t)
+        if t < 1200:  # capacity is back: the probe pods schedule and start
+            return signals(t, 600.0, inf2_ready=4, desired=8, pending_replicas=4)
+        return signals(t, 600.0, inf2_ready=8, desired=8)
+
+    decisions = run(CFG, world, end=3600)
+    modes = [(t, d.state.mode) for t, d in decisions]
+    fallback = next(t for t, m in modes if t > 0 and m == COST)
+    assert fallback == 1200 + 900  # all it asked for from 1200 s, held for fallback_hold_s
+    switches = [t for t, d in decisions if d.switched]
+    assert switches == [0, fallback]
+    # While the probe pods start, inf2 is credited with them; traffic moves as they become ready.
+    w_before = dict(decisions[39][1].weights)  # t=1170: 4 ready
+    w_after = dict(decisions[41][1].weights)  # t=1230: 8 ready
+    assert w_after[INF2] > w_before[INF2]
+
+
+def test_a_shortage_during_the_hold_resets_it():
+    def world(t):
+        if t < 300 or 900 <= t < 930:
+            return outage(t)
+        return signals(t, 600.0, inf2_ready=8, desired=8)
+
+    decisions = run(CFG, world, end=3600)
+    fallback = next(t for t, d in decisions if t > 0 and d.state.mode == COST)
+    assert fallback == 930 + 900
+
+
+def test_floors_rise_at_once_and_come_down_only_after_the_hold():
+    state = decide(CFG, initial_state(CFG, 0), outage(0, demand=800.0), 0).state
+    high = state.floors[TRN1][0]
+    assert high >= 3
+    # demand falls: the trn1 floor is held for prewarm.hold_s, then follows the plan
+    state_t = state
+    seen = []
+    for t in range(30, 1300, 30):
+        d = decide(CFG, state_t, outage(t, demand=500.0), t)
+        seen.append((t, d.prewarm[TRN1]))
+        state_t = d.state
+    assert all(v == high for t, v in seen if t < HOLD)
+    assert all(v < high for t, v in seen if t >= HOLD)
+
+
+def test_unmeasured_demand_holds_weights_and_floors():
+    state = decide(CFG, initial_state(CFG, 0), signals(0, 400.0), 0).state
+    d = decide(CFG, state, dataclasses.replace(signals(30, 400.0), demand_rps=None), 30)
+    assert d.stale and d.weights == dict(state.weights) and d.prewarm == {}
+    assert "no demand measurement" in d.reason
+
+
+def test_never_routes_to_a_unit_without_ready_replicas():
+    units = {G5T: UnitSignals(ready_replicas=0, desired_replicas=1, pending_replicas=1)}
+    d = decide(CFG, initial_state(CFG, 0), signals(0, 400.0, others=units), 0)
+    assert d.weights[G5T] == 0 and sum(d.weights.values()) == 100
+
+
+def test_prewarm_disabled_emits_no_floors():
+    cfg = make_config(prewarm={"enabled": False})
+    d = decide(cfg, initial_state(cfg, 0), outage(0), 0)
+    assert d.switched and d.prewarm == {}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_signal_sequences_keep_the_invariants(seed):
+    rng = random.Random(seed)
+    state = initial_state(CFG, 0)
+    for i in range(200):
+        t = i * 30.0
+        units = {}
+        for n in NAMES:
+            desired = rng.randint(0, 10)
+            ready = rng.randint(0, desired) if rng.random() < 0.8 else rng.randint(0, 10)
+            pending = max(0, desired - ready) if rng.random() < 0.7 else rng.randint(0, 5)
+            units[n] = UnitSignals(ready_replicas=ready, desired_replicas=desired, pending_replicas=pending,
+                                   unschedulable_replicas=rng.randint(0, pending),
+                                   capacity_errors=rng.choice([0, 0, 0, 2]))
+        demand = rng.choice([None, 0.0, rng.uniform(0, 2500)]) if rng.random() < 0.2 else rng.uniform(0, 2500)
+        d = decide(CFG, state, Signals(at=t, units=units, demand_rps=demand), t)
+        assert valid_weights(d.weights, NAMES)
+        if not d.stale:
+            if any(u.ready_replicas for u in units.values()):
+                assert all(d.weights[n] == 0 for n in NAMES if units[n].ready_replicas == 0)
+            for u in CFG.units:
+                assert u.min_replicas <= d.prewarm[u.name] <= u.max_replicas
+        state = d.state
