@@ -91,6 +91,9 @@ class Routing:
     strategy: Literal["merit-order", "proportional"] = "proportional"
     target_utilisation: float = 0.7  # the InferenceServices' scaleTarget / max_throughput
     max_utilisation: float = 0.9  # never route more to a unit's ready replicas while others have room
+    # Leave the router alone unless a weight would move by at least this many points (or a unit
+    # is overloaded or not ready): every InferenceGraph edit rolls out a new router revision.
+    min_weight_change: int = 5
 
 
 @dataclass(frozen=True)
@@ -375,7 +378,8 @@ def _parse_routing(raw: Any, measured_demand: bool) -> Routing:
     highest = _number(data.get("max_utilisation", Routing.max_utilisation), f"{path}.max_utilisation", gt=0, le=1)
     if highest < target:
         raise _err(f"{path}.max_utilisation", f"must be >= target_utilisation ({target:g})")
-    return Routing(strategy=strategy, target_utilisation=target, max_utilisation=highest)
+    step = _int(data.get("min_weight_change", Routing.min_weight_change), f"{path}.min_weight_change", ge=1, le=100)
+    return Routing(strategy=strategy, target_utilisation=target, max_utilisation=highest, min_weight_change=step)
 
 
 def _parse_lease(raw: Any, default_ns: str) -> Lease:

@@ -384,6 +384,11 @@ def _decide_merit_order(
         + (f"; {_fmt(plan.unmet_rps)} rps beyond every replica" if plan.unmet_rps > 0.05 else "")
     )
 
+    weights = dict(plan.weights)
+    if current and not switched and not _must_reroute(config, current, plan.weights, ready, demand):
+        weights = current
+        why += " (weights kept: within routing.min_weight_change)"
+
     prewarm: dict[str, int] = {}
     floors: dict[str, tuple[int, float]] = {}
     if config.prewarm.enabled:
@@ -406,10 +411,28 @@ def _decide_merit_order(
                 floors[u.name] = (value, until)
             prewarm[u.name] = floors[u.name][0]
 
-    new_state = PolicyState(mode=mode, since=since, cost_headroom_since=headroom_since, weights=dict(plan.weights),
+    new_state = PolicyState(mode=mode, since=since, cost_headroom_since=headroom_since, weights=dict(weights),
                             floors=floors)
-    return Decision(state=new_state, weights=dict(plan.weights), switched=switched, stale=False, reason=why,
+    return Decision(state=new_state, weights=dict(weights), switched=switched, stale=False, reason=why,
                     prewarm=prewarm, demand_rps=demand, planned_rps=dict(plan.planned_rps))
+
+
+def _must_reroute(
+    config: ControllerConfig, current: Mapping[str, int], target: Mapping[str, int], ready: Mapping[str, int],
+    demand: float,
+) -> bool:
+    """Whether the weights in effect must give way to ``target`` (merit-order deadband)."""
+    if max(abs(target[n] - current.get(n, 0)) for n in target) >= config.routing.min_weight_change:
+        return True
+    for u in config.units:
+        share = current.get(u.name, 0)
+        if share > 0 and ready.get(u.name, 0) == 0:
+            return True  # traffic to a unit with nothing ready
+        # Above its scale target the autoscaler adds a replica that the new weights would not need.
+        carry = ready.get(u.name, 0) * u.max_throughput * config.routing.target_utilisation
+        if share > target[u.name] and demand * share / 100.0 > carry:
+            return True
+    return False
 
 
 def _renormalize(live: Mapping[str, float], fallback: Mapping[str, int]) -> dict[str, int]:
