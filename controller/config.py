@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 POOLS = ("cost", "capacity")
+THROUGHPUT_PER = {"second": 1.0, "minute": 60.0}  # config throughput units per request/s
 STRATEGIES = ("merit-order", "proportional")
 ROUTER_KINDS = ("inferencegraph", "alb-ingress")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -138,6 +139,19 @@ class ControllerConfig:
     lease: Lease = field(default_factory=Lease)
     metrics_port: int = 8080
     metrics_host: str = "0.0.0.0"
+    # Unit of max_throughput (and of demand in plan/simulate): requests per "second" or per
+    # "minute" (the seed's tables count per minute). Measured demand is converted to it.
+    throughput_per: Literal["second", "minute"] = "second"
+
+    @property
+    def per_second(self) -> float:
+        """Config throughput units in one request per second (60 for throughput_per: minute)."""
+        return THROUGHPUT_PER[self.throughput_per]
+
+    @property
+    def rate_unit(self) -> str:
+        """How rates in this config's units are written in logs: rps or rpm."""
+        return "rps" if self.throughput_per == "second" else "rpm"
 
     def unit(self, name: str) -> Unit:
         for u in self.units:
@@ -410,6 +424,7 @@ _TOP_KEYS = {
     "lease",
     "metrics_port",
     "metrics_host",
+    "throughput_per",
 }
 
 
@@ -446,8 +461,17 @@ def parse_config(data: Mapping) -> ControllerConfig:
                 )
 
     prometheus = _parse_prometheus(data.get("prometheus"))
+    prewarm = _parse_prewarm(data.get("prewarm"))
+    routing = _parse_routing(data.get("routing"), measured_demand=prometheus is not None)
+    idle = [u.name for u in units if u.min_replicas == 0]
+    if routing.strategy == "merit-order" and not prewarm.enabled and idle:
+        raise _err("prewarm.enabled", "merit-order routes only to ready replicas, so units with min_replicas 0 "
+                   f"({', '.join(idle)}) can only be started by pre-warm: enable it or set min_replicas >= 1")
     metrics_port = _int(data.get("metrics_port", 8080), "metrics_port", ge=0, le=65535)
     metrics_host = _str(data.get("metrics_host", "0.0.0.0"), "metrics_host")
+    per = data.get("throughput_per", "second")
+    if per not in THROUGHPUT_PER:
+        raise _err("throughput_per", f"must be one of {', '.join(THROUGHPUT_PER)}, got {per!r}")
     return ControllerConfig(
         units=units,
         router=router,
@@ -455,11 +479,12 @@ def parse_config(data: Mapping) -> ControllerConfig:
         thresholds=_parse_thresholds(data.get("thresholds")),
         namespace=namespace,
         prometheus=prometheus,
-        prewarm=_parse_prewarm(data.get("prewarm")),
-        routing=_parse_routing(data.get("routing"), measured_demand=prometheus is not None),
+        prewarm=prewarm,
+        routing=routing,
         lease=_parse_lease(data.get("lease"), namespace),
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        throughput_per=per,
     )
 
 

@@ -226,7 +226,7 @@ class Controller:
         self.metrics.observe_signals(signals, now, self.config.timing.signal_max_age_s)
 
         decision = decide(self.config, self.state, signals, now)
-        self.metrics.observe_decision(decision)
+        self.metrics.observe_decision(decision, self.config.per_second)
         if decision.stale:
             log.warning("%s", decision.reason)
             return self._done(Result("stale", decision, decision.reason))

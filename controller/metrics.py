@@ -93,15 +93,16 @@ class Metrics:
             self.desired_replicas.labels(name).set(s.desired_replicas)
             self.capacity_errors.labels(name).set(s.capacity_errors)
 
-    def observe_decision(self, decision: Decision) -> None:
+    def observe_decision(self, decision: Decision, per_second: float = 1.0) -> None:
+        """``per_second``: the config's throughput units per request/s (rates are exported per second)."""
         self.set_mode(decision.state.mode)
         self.stale.set(1 if decision.stale else 0)
         if decision.demand_rps is not None:
-            self.demand.set(decision.demand_rps)
+            self.demand.set(decision.demand_rps / per_second)
         for name, w in decision.weights.items():
             self.weight.labels(name).set(w)
         for name, rps in decision.planned_rps.items():
-            self.planned.labels(name).set(rps)
+            self.planned.labels(name).set(rps / per_second)
         for name, n in decision.prewarm.items():
             self.floor.labels(name).set(n)
 

@@ -225,19 +225,19 @@ def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: 
         if view.cost_short and view.demand_rps > view.cost_served_rps:
             mode, switched = CAPACITY, True
             why = (
-                f"failover: cost pool short of capacity and demand {_fmt(view.demand_rps)} rps > "
-                f"{_fmt(view.cost_served_rps)} rps it serves"
+                f"failover: cost pool short of capacity and demand {_fmt(view.demand_rps)} {config.rate_unit} > "
+                f"{_fmt(view.cost_served_rps)} {config.rate_unit} it serves"
             )
         elif view.demand_rps > view.cost_max_rps:
             mode, switched = CAPACITY, True
             why = (
-                f"failover: demand {_fmt(view.demand_rps)} rps exceeds the cost pool maximum "
-                f"{_fmt(view.cost_max_rps)} rps"
+                f"failover: demand {_fmt(view.demand_rps)} {config.rate_unit} exceeds the cost pool maximum "
+                f"{_fmt(view.cost_max_rps)} {config.rate_unit}"
             )
         else:
             why = (
-                f"cost-optimized: demand {_fmt(view.demand_rps)} rps, cost pool serves "
-                f"{_fmt(view.cost_served_rps)} rps" + (" (short of capacity)" if view.cost_short else "")
+                f"cost-optimized: demand {_fmt(view.demand_rps)} {config.rate_unit}, cost pool serves "
+                f"{_fmt(view.cost_served_rps)} {config.rate_unit}" + (" (short of capacity)" if view.cost_short else "")
             )
     else:
         in_state = now - state.since
@@ -254,7 +254,7 @@ def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: 
             why = "capacity-optimized: cost pool has no headroom" + (
                 " (short of capacity)"
                 if view.cost_short
-                else f" (demand {_fmt(view.demand_rps)} rps, cost pool max {_fmt(view.cost_max_rps)} rps)"
+                else f" (demand {_fmt(view.demand_rps)} {config.rate_unit}, cost pool max {_fmt(view.cost_max_rps)} {config.rate_unit})"
             )
     if switched:
         since = now
@@ -379,9 +379,9 @@ def _decide_merit_order(
             obtainable[u.name] = float(min(u.max_replicas, max(s.ready_replicas, have)))
     plan = allocate(config.units, demand, ready, obtainable, routing.target_utilisation, routing.max_utilisation)
     why += (
-        f": demand {_fmt(demand)} rps; routed "
+        f": demand {_fmt(demand)} {config.rate_unit}; routed "
         + ", ".join(f"{n} {_fmt(r)}" for n, r in plan.routed_rps.items() if r > 0.05)
-        + (f"; {_fmt(plan.unmet_rps)} rps beyond every replica" if plan.unmet_rps > 0.05 else "")
+        + (f"; {_fmt(plan.unmet_rps)} {config.rate_unit} beyond every replica" if plan.unmet_rps > 0.05 else "")
     )
 
     weights = dict(plan.weights)

@@ -287,7 +287,8 @@ class KubernetesSignals:
         demand = None
         if self.demand is not None:
             try:
-                demand = float(self.demand.demand_rps(now))
+                # requests/s from Prometheus, in the config's throughput unit
+                demand = float(self.demand.demand_rps(now)) * self.config.per_second
                 self.last_demand_error = None
             except Exception as exc:
                 self.last_demand_error = str(exc)

@@ -119,3 +119,19 @@ def test_load_config_reports_file_and_yaml_errors(tmp_path):
     notmap.write_text("- 1\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(notmap)
+
+
+def test_throughput_unit_is_per_second_unless_the_config_says_per_minute():
+    base = {
+        "units": [
+            {"name": "a", "pool": "cost", "instance_type": "x", "price_per_hour": 1, "max_throughput": 105,
+             "latency_s": 0.7, "max_replicas": 2},
+            {"name": "b", "pool": "capacity", "instance_type": "y", "price_per_hour": 2, "max_throughput": 90,
+             "latency_s": 0.7, "max_replicas": 2},
+        ],
+        "router": {"name": "r"},
+    }
+    assert parse_config(base).per_second == 1
+    assert parse_config({**base, "throughput_per": "minute"}).per_second == 60
+    with pytest.raises(ConfigError, match="throughput_per: must be one of second, minute"):
+        parse_config({**base, "throughput_per": "hour"})

@@ -216,3 +216,17 @@ def test_small_changes_keep_the_router_as_it_is_but_an_overloaded_unit_is_reliev
     d = decide(CFG, state, signals(30, 660.0, inf2_ready=9), 30)
     assert d.weights != dict(state.weights)
     assert all(d.weights[n] / 100 * 660.0 <= TPUT[n] * 0.7 for n in NAMES[1:])
+
+
+def test_merit_order_cannot_start_idle_units_without_prewarm():
+    data = {
+        "units": [{"name": n, "pool": "cost" if n == INF2 else "capacity", "instance_type": "x",
+                   "price_per_hour": PRICE[n], "max_throughput": TPUT[n], "latency_s": 0.7, "max_replicas": 10,
+                   "min_replicas": 0 if n == G5C else 1} for n in NAMES],
+        "router": {"name": "sd21-router"},
+        "prometheus": {"url": "http://prometheus:9090"},
+    }
+    with pytest.raises(ConfigError, match=r"prewarm.enabled: .*sd21-g5-cuda"):
+        parse_config(data)
+    assert parse_config({**data, "prewarm": {"enabled": True}}).routing.strategy == "merit-order"
+    assert parse_config({**data, "routing": {"strategy": "proportional"}}).routing.strategy == "proportional"

@@ -204,3 +204,14 @@ def test_merit_order_failover_in_the_cluster_keeps_inf2_serving_and_probes_for_i
         text = ctl.metrics.render().decode()
         assert 'traffic_controller_unit_min_replicas{unit="sd21-trn1"}' in text
         assert 'traffic_controller_unit_planned_rps{unit="sd21-inf2"}' in text
+
+
+def test_measured_requests_per_second_are_converted_to_a_per_minute_config(world, clock):
+    with _Prom() as prom:
+        prom.answer["data"]["result"] = [{"metric": {}, "value": [0, "5"]}]  # 5 requests/s
+        ctl = world.controller(prometheus={"url": prom.url, "timeout_s": 2}, throughput_per="minute")
+        assert ctl.config.per_second == 60 and ctl.config.rate_unit == "rpm"
+        r = ctl.step()
+        assert r.decision.demand_rps == 300  # requests/minute, the unit of max_throughput
+        assert "demand 300.0 rpm" in r.decision.reason
+        assert "traffic_controller_demand_rps 5.0" in ctl.metrics.render().decode()  # exported per second
