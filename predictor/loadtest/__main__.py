@@ -394,7 +394,7 @@ def cmd_apply(argv: list[str]) -> int:
     print(diff, end="")
     verb = "would update" if args.dry_run else "updated"
     print(
-        f"{verb} {args.config}: unit {name} max_throughput {measured['max_throughput']:g}, "
+        f"{verb} {args.config}: unit {name} max_throughput {measured['max_throughput']:g} requests/s, "
         f"latency_s {measured['latency_s']:g} ({measured.get('latency_stat', 'p90')})"
     )
     return 0

@@ -114,6 +114,19 @@ def validate(text: str) -> None:
         raise ApplyError(f"the updated config does not validate: {error}") from None
 
 
+def throughput_scale(config_text: str) -> float:
+    """Config throughput units per measured request/s: 60 when the config says ``throughput_per: minute``."""
+    try:
+        data = yaml.safe_load(config_text)
+    except yaml.YAMLError as error:
+        raise ApplyError(f"the config is not valid YAML: {error}") from None
+    per = data.get("throughput_per", "second") if isinstance(data, dict) else "second"
+    scales = {"second": 1.0, "minute": 60.0}
+    if per not in scales:
+        raise ApplyError(f"throughput_per must be second or minute, got {per!r}")
+    return scales[per]
+
+
 def unit_values(result: dict[str, Any]) -> dict[str, Any]:
     unit = result.get("unit")
     if not unit or unit.get("max_throughput") is None or unit.get("latency_s") is None:
@@ -138,6 +151,7 @@ def apply_result(
     except OSError as error:
         raise ApplyError(f"{path}: cannot read: {error.strerror or error}") from None
     values = {field: float(measured[field]) for field in FIELDS}
+    values["max_throughput"] *= throughput_scale(original)
     updated, _old = update_unit_text(original, name, values)
     validate(updated)
     diff = "".join(

@@ -728,3 +728,20 @@ def test_neuron_compile_job_runs_on_an_inf2_8xlarge_of_the_inf2_pool(deploy: Obj
     for taint in dig(pool, "spec", "template", "spec", "taints", default=[]):
         assert any(tolerates(t, taint) for t in pod.get("tolerations", []))
     assert pod["restartPolicy"] == "Never"
+
+
+def test_the_controller_config_describes_the_inferenceservices(deploy: ObjectSet) -> None:
+    """examples/controller.yaml: same units, replica bounds, per-minute figures and scale target."""
+    from controller.config import load_config
+
+    cfg = load_config(REPO_ROOT / "examples" / "controller.yaml")
+    assert cfg.throughput_per == "minute"
+    assert cfg.routing.target_utilisation == pytest.approx(HEADROOM)
+    by_name = {i["metadata"]["name"]: i for i in isvcs(deploy)}
+    for u in cfg.units:
+        isvc = by_name[u.name]
+        annotations = isvc["metadata"]["annotations"]
+        assert float(annotations["hw-agnostic-inference/breaking-point-rpm"]) == u.max_throughput, u.name
+        assert float(annotations["hw-agnostic-inference/breaking-point-latency-seconds"]) == u.latency_s, u.name
+        assert isvc["spec"]["predictor"]["minReplicas"] == u.min_replicas, u.name
+        assert isvc["spec"]["predictor"]["maxReplicas"] == u.max_replicas, u.name

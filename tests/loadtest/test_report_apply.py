@@ -203,6 +203,15 @@ def test_apply_result_writes_validates_and_keeps_the_mode(tmp_path):
     assert load_config(config).unit("sd21-g5-cuda").max_throughput == 2.0
 
 
+def test_apply_converts_to_a_per_minute_config(tmp_path):
+    config = tmp_path / "controller.yaml"
+    config.write_text("throughput_per: minute\n" + CONFIG)
+    apply_result(make_result(), config)
+    from controller.config import load_config
+
+    assert load_config(config).unit("sd21-g5-cuda").max_throughput == 120.0  # 2 requests/s
+
+
 def test_apply_dry_run_does_not_write(tmp_path):
     config = tmp_path / "controller.yaml"
     config.write_text(CONFIG)
