@@ -9,6 +9,8 @@ from controller.config import ConfigError, parse_config
 from controller.policy import CAPACITY, COST, Signals, UnitSignals, decide, initial_state
 from controller.weights import valid_weights
 
+from .test_ctl_policy import run  # drive decide() like the loop does
+
 NAMES = ["sd21-inf2", "sd21-trn1", "sd21-g5-triton", "sd21-g6-triton", "sd21-g5-cuda"]
 INF2, TRN1, G5T, G6T, G5C = NAMES
 TPUT = {INF2: 105, TRN1: 130, G5T: 90, G6T: 61, G5C: 60}
@@ -56,18 +58,6 @@ def outage(t, demand=600.0, running=4):
     """inf2 runs 4 replicas and wants 8; 4 pods cannot be scheduled, with capacity errors."""
     return signals(t, demand, inf2_ready=running, desired=8, pending_replicas=4, unschedulable_replicas=4,
                    capacity_errors=3)
-
-
-def run(config, signals_at, start=0.0, end=3600.0, step=30.0, state=None):
-    state = state or initial_state(config, start)
-    out = []
-    t = start
-    while t <= end:
-        d = decide(config, state, signals_at(t), t)
-        out.append((t, d))
-        state = d.state
-        t += step
-    return out
 
 
 def test_merit_order_is_the_default_with_measured_demand_and_needs_it():
