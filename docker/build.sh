@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Build (and optionally push) the predictor images. Run from anywhere; the build context is the
+# Build (and optionally push) the predictor images and the traffic controller's. Run from anywhere; the build context is the
 # repository root. Needs Docker with BuildKit (docker buildx); CI does not run this.
 #
-#   docker/build.sh [neuron|gpu|cpu|all]...        (default: all)
+#   docker/build.sh [neuron|gpu|cpu|controller|all]...        (default: all)
 #
 # Environment:
 #   REGISTRY   image name prefix (default: hw-agnostic-inference, the names the manifests use;
@@ -12,7 +12,8 @@
 #   DRY_RUN=1  print the docker commands instead of running them
 #
 # Images: $REGISTRY/predictor-neuron (linux/amd64), $REGISTRY/predictor-gpu (linux/amd64),
-#         $REGISTRY/predictor-cpu (linux/amd64 + linux/arm64 when PUSH=1, else the host's).
+#         $REGISTRY/predictor-cpu (linux/amd64 + linux/arm64 when PUSH=1, else the host's),
+#         $REGISTRY/controller (controller/Dockerfile; linux/amd64 + linux/arm64 likewise).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +34,11 @@ run() {
 build() {
   local flavour="$1" platforms="$2"
   local image="$REGISTRY/predictor-$flavour:$TAG"
+  local dockerfile="$ROOT/docker/Dockerfile.$flavour"
+  if [[ "$flavour" == "controller" ]]; then
+    image="$REGISTRY/controller:$TAG"
+    dockerfile="$ROOT/controller/Dockerfile"
+  fi
   local output=(--load)
   if [[ "$PUSH" == "1" ]]; then
     output=(--push)
@@ -40,7 +46,7 @@ build() {
     # A multi-platform image cannot be loaded into the local image store: build the host's.
     platforms=""
   fi
-  local cmd=(docker buildx build --file "$ROOT/docker/Dockerfile.$flavour" --tag "$image")
+  local cmd=(docker buildx build --file "$dockerfile" --tag "$image")
   [[ -n "$platforms" ]] && cmd+=(--platform "$platforms")
   cmd+=("${output[@]}" "$ROOT")
   run "${cmd[@]}"
@@ -53,13 +59,15 @@ for target in "${targets[@]}"; do
     neuron) build neuron linux/amd64 ;;
     gpu) build gpu linux/amd64 ;;
     cpu) build cpu linux/amd64,linux/arm64 ;;
+    controller) build controller linux/amd64,linux/arm64 ;;
     all)
       build neuron linux/amd64
       build gpu linux/amd64
       build cpu linux/amd64,linux/arm64
+      build controller linux/amd64,linux/arm64
       ;;
     *)
-      echo "usage: $0 [neuron|gpu|cpu|all]..." >&2
+      echo "usage: $0 [neuron|gpu|cpu|controller|all]..." >&2
       exit 2
       ;;
   esac

@@ -745,3 +745,11 @@ def test_the_controller_config_describes_the_inferenceservices(deploy: ObjectSet
         assert float(annotations["hw-agnostic-inference/breaking-point-latency-seconds"]) == u.latency_s, u.name
         assert isvc["spec"]["predictor"]["minReplicas"] == u.min_replicas, u.name
         assert isvc["spec"]["predictor"]["maxReplicas"] == u.max_replicas, u.name
+
+
+def test_the_serving_entry_points_run_the_traffic_controller_with_the_site_image(deploy: ObjectSet) -> None:
+    (deployment,) = [d for d in deploy.of_kind("Deployment") if d["metadata"]["name"] == "inference-traffic-controller"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "hw-agnostic-inference/controller:0.1.0"
+    assert deploy.get("ConfigMap", "inference-traffic-controller") is None  # generated: hash-suffixed name
+    assert any(c["metadata"]["name"].startswith("inference-traffic-controller-") for c in deploy.of_kind("ConfigMap"))

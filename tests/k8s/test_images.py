@@ -100,10 +100,12 @@ def test_build_script_builds_the_images_the_runtimes_use() -> None:
         ["bash", str(DOCKER / "build.sh"), "all"], capture_output=True, text=True, env=env, timeout=30, check=True
     )
     tags = re.findall(r"--tag (\S+)", result.stdout)
-    assert sorted(tags) == sorted(_runtime_images().values()), "docker/build.sh and servingruntimes/ disagree"
+    controller = f"{DEFAULT_REGISTRY}/controller:0.1.0"  # controller/deploy/kustomization.yaml's image
+    assert sorted(tags) == sorted([*_runtime_images().values(), controller]), "docker/build.sh and the manifests disagree"
+    assert "controller/Dockerfile" in next(line for line in result.stdout.splitlines() if controller in line)
     cpu_line = next(line for line in result.stdout.splitlines() if "Dockerfile.cpu" in line)
     assert "linux/amd64\\,linux/arm64" in cpu_line or "linux/amd64,linux/arm64" in cpu_line
-    assert result.stdout.count("--push") == 3
+    assert result.stdout.count("--push") == 4
 
 
 def test_runtime_images_are_named_after_their_dockerfile() -> None:
