@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from controller.allocation import allocate
-from controller.config import ControllerConfig
+from controller.config import ControllerConfig, Timing
 from controller.weights import (
     capacity_optimized_weights,
     cost_optimized_weights,
@@ -214,9 +214,7 @@ def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: 
     view = observe(config, state, signals)
 
     # ---- headroom clock (reset by any shortage).
-    headroom_since = (
-        (state.cost_headroom_since if state.cost_headroom_since is not None else now) if view.cost_headroom else None
-    )
+    headroom_since = _headroom_clock(state, view.cost_headroom, now)
 
     mode: Mode = state.mode
     since = state.since
@@ -241,8 +239,8 @@ def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: 
             )
     else:
         in_state = now - state.since
-        held = now - headroom_since if headroom_since is not None else 0.0
-        if headroom_since is not None and held >= timing.fallback_hold_s and in_state >= timing.min_state_s:
+        held, due = _fallback_due(timing, state, headroom_since, now)
+        if due:
             mode, switched = COST, True
             why = f"fallback: cost pool had headroom for {_fmt(held)} s (hold {timing.fallback_hold_s:g} s)"
         elif headroom_since is not None:
@@ -344,7 +342,7 @@ def _decide_merit_order(
     )
     holds_all = all(us[u.name].ready_replicas >= us[u.name].desired_replicas for u in cost_units)
     headroom = not short and holds_all
-    headroom_since = (state.cost_headroom_since if state.cost_headroom_since is not None else now) if headroom else None
+    headroom_since = _headroom_clock(state, headroom, now)
 
     mode: Mode = state.mode
     switched = False
@@ -355,9 +353,8 @@ def _decide_merit_order(
         else:
             why = "cost-optimized"
     else:
-        in_state = now - state.since
-        held = now - headroom_since if headroom_since is not None else 0.0
-        if headroom_since is not None and held >= timing.fallback_hold_s and in_state >= timing.min_state_s:
+        held, due = _fallback_due(timing, state, headroom_since, now)
+        if due:
             mode, switched = COST, True
             why = f"fallback: cost pool held all it asked for, no shortage, for {_fmt(held)} s"
         elif headroom_since is not None:
@@ -403,18 +400,30 @@ def _decide_merit_order(
                 want[u.name] = u.min_replicas
         for u in config.units:
             value, until = state.floors.get(u.name, (u.min_replicas, now))
-            if want[u.name] >= value:
-                floors[u.name] = (want[u.name], now + config.prewarm.hold_s)
-            elif now >= until:  # lower a floor only after it has been held
-                floors[u.name] = (want[u.name], now + config.prewarm.hold_s)
-            else:
-                floors[u.name] = (value, until)
+            # Raise at once; lower only once the floor has been held for prewarm.hold_s.
+            floors[u.name] = (want[u.name], now + config.prewarm.hold_s) if want[u.name] >= value or now >= until \
+                else (value, until)
             prewarm[u.name] = floors[u.name][0]
 
     new_state = PolicyState(mode=mode, since=since, cost_headroom_since=headroom_since, weights=dict(weights),
                             floors=floors)
     return Decision(state=new_state, weights=dict(weights), switched=switched, stale=False, reason=why,
                     prewarm=prewarm, demand_rps=demand, planned_rps=dict(plan.planned_rps))
+
+
+def _headroom_clock(state: PolicyState, headroom: bool, now: float) -> float | None:
+    """Start of the current run of cost-pool headroom (None while there is none: any shortage resets it)."""
+    if not headroom:
+        return None
+    return state.cost_headroom_since if state.cost_headroom_since is not None else now
+
+
+def _fallback_due(timing: Timing, state: PolicyState, headroom_since: float | None, now: float) -> tuple[float, bool]:
+    """How long the headroom has held, and whether that and the time in state allow a fallback."""
+    if headroom_since is None:
+        return 0.0, False
+    held = now - headroom_since
+    return held, held >= timing.fallback_hold_s and now - state.since >= timing.min_state_s
 
 
 def _must_reroute(
