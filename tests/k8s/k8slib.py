@@ -1,7 +1,7 @@
 """Offline validation of the repository's Kubernetes manifests.
 
 - Every kustomization is built with ``kubectl kustomize`` (the real kustomize, built into kubectl).
-- Custom resources are validated against the openAPIV3Schema of their CRD in ``../shared/crds``,
+- Custom resources are validated against the openAPIV3Schema of their CRD in ``tests/k8s/crds`` (vendored),
   made strict the way the API server's field validation is (``kubectl apply`` defaults to
   ``--validate=strict``): an object schema with ``properties`` admits no other field unless it
   says ``x-kubernetes-preserve-unknown-fields``. Their ``metadata`` is checked against the
@@ -36,7 +36,8 @@ from kubernetes_validate.utils import schema_contents
 from referencing import Registry, Resource
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CRDS_DIR = REPO_ROOT.parent / "shared" / "crds"
+# Upstream CRDs, vendored unmodified (tests/k8s/crds/SOURCES.md says where each comes from).
+CRDS_DIR = Path(__file__).resolve().parent / "crds"
 # Kubernetes minor version whose OpenAPI schemas validate core kinds (EKS standard support).
 KUBERNETES_VERSION = "1.32"
 
@@ -87,7 +88,12 @@ def _walk(root: Path) -> Iterator[Path]:
 
 
 def find_yaml_files(root: Path = REPO_ROOT) -> list[Path]:
-    return [path for path in _walk(root) if path.suffix in (".yaml", ".yml") or path.name == "Kustomization"]
+    """The project's own YAML (the vendored upstream CRDs are data for the validator, not manifests)."""
+    return [
+        path
+        for path in _walk(root)
+        if (path.suffix in (".yaml", ".yml") or path.name == "Kustomization") and CRDS_DIR not in path.parents
+    ]
 
 
 @dataclass(frozen=True)
@@ -222,7 +228,7 @@ def load_crds(crds_dir: Path = CRDS_DIR) -> dict[tuple[str, str], CrdVersion]:
     if not crds_dir.is_dir():
         raise FileNotFoundError(
             f"CRD directory {crds_dir} is missing. tests/k8s validates custom resources against the upstream "
-            "CRDs in <repo>/../shared/crds (CI clones the repo with shared/ beside it)."
+            "CRDs vendored in tests/k8s/crds (see SOURCES.md there)."
         )
     crds: dict[tuple[str, str], CrdVersion] = {}
     for path in sorted(crds_dir.glob("*.y*ml")):

@@ -41,11 +41,8 @@ def _report(errors: dict[str, list[str]]) -> str:
     return "\n".join(f"{obj}:\n  " + "\n  ".join(messages) for obj, messages in errors.items())
 
 
-def test_shared_crds_directory_is_present() -> None:
-    assert CRDS_DIR.is_dir(), (
-        f"{CRDS_DIR} is missing: custom resources are validated against the upstream CRDs in "
-        "<repo>/../shared/crds (CI clones the repository with shared/ beside it)."
-    )
+def test_vendored_crds_directory_is_present() -> None:
+    assert CRDS_DIR.is_dir(), f"{CRDS_DIR} is missing: custom resources are validated against the vendored upstream CRDs"
     kinds = {path.name for path in CRDS_DIR.glob("*.yaml")}
     for expected in (
         "serving.kserve.io_inferenceservices.yaml",
