@@ -31,6 +31,7 @@ RETRY_STATUS = {429, 500, 502, 503, 504}
 KSERVE = ("serving.kserve.io", "v1beta1")
 KSERVE_GRAPH = ("serving.kserve.io", "v1alpha1")
 KNATIVE_PA = ("autoscaling.internal.knative.dev", "v1alpha1")
+KNATIVE = ("serving.knative.dev", "v1")
 KARPENTER = ("karpenter.sh", "v1")
 
 

@@ -11,7 +11,14 @@ Enough of the API for the controller's integration tests, talked to with the off
 * ``metadata.resourceVersion`` bumped on every write, and a 409 Conflict when a write carries a
   stale one;
 * an admission check for InferenceGraph Splitter weights (must sum to 100), like KServe's webhook;
-* fault injection (status codes, delays) and a request log for assertions.
+* fault injection (status codes, delays) and a request log for assertions;
+* the KServe and Knative reconcilers where the controller's writes touch them (see
+  :class:`KnativeModel`): an edit of an InferenceService's predictor template creates a new
+  Revision and replaces the unit's pods; a Revision's annotations flow to its PodAutoscaler and
+  its Deployment as the Knative version in use does; an InferenceGraph spec edit rolls out a new
+  router revision. Every rollout is recorded in ``rollouts``;
+* an audit of every write: who sent it (the client's User-Agent) and who held each Lease at that
+  moment, so a test can check that only the leader wrote.
 
 It is a test helper, not a full API server: no watches, no field managers, no defaulting.
 """
@@ -51,7 +58,23 @@ KINDS = {
     "nodepools": "NodePool",
     "podautoscalers": "PodAutoscaler",
     "configmaps": "ConfigMap",
+    "revisions": "Revision",
+    "httproutes": "HTTPRoute",
 }
+
+AUTOSCALING = "autoscaling.knative.dev/"
+ISVC_LABEL = "serving.kserve.io/inferenceservice"
+REVISION_LABEL = "serving.knative.dev/revision"
+ROUTING_STATE = "serving.knative.dev/routingState"
+# knative/serving pkg/reconciler/revision/resources/meta.go: excludeAnnotations
+KNATIVE_EXCLUDED = {
+    "serving.knative.dev/lastPinned",
+    "serving.knative.dev/no-gc",
+    "serving.knative.dev/routingStateModified",
+    "serving.knative.dev/routes",
+}
+# reconcile_resources.go defaultKPAAnnotations (added by defaulting; never removed from the PA)
+KPA_DEFAULTED = {AUTOSCALING + "class", AUTOSCALING + "metric"}
 
 
 def now_iso(ts: float | None = None) -> str:
@@ -188,12 +211,16 @@ class Fault:
 class FakeKube:
     """The fake API server. Use as a context manager or call start()/stop()."""
 
-    def __init__(self) -> None:
+    def __init__(self, knative_version: tuple[int, int] = (1, 21)) -> None:
         self._lock = threading.RLock()
         self._objects: dict[tuple[str, str, str, str], dict] = {}
         self._rv = itertools.count(1000)
         self._faults: list[Fault] = []
         self.requests: list[tuple[str, str, str | None, object]] = []
+        self.knative_version = knative_version
+        self.rollouts: list[Rollout] = []
+        self.audit: list[WriteRecord] = []
+        self.on_request: list = []  # callables (method, path) run before a request is served
         self.missing: set[str] = set()  # resource plurals that are "not installed" (404)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -284,8 +311,10 @@ class FakeKube:
         key = (self._base(api_version), plural, "" if plural in CLUSTER_SCOPED else namespace, name)
         with self._lock:
             obj = self._objects[key]
+            before = copy.deepcopy(obj)
             fn(obj)
             obj["metadata"]["resourceVersion"] = str(next(self._rv))
+            self._reconcile_after_write(plural, key[2], name, before)
             return copy.deepcopy(obj)
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str = "") -> None:
@@ -329,13 +358,17 @@ class FakeKube:
 
     # ------------------------------------------------------------------ request handling
 
-    def handle(self, method: str, raw_path: str, content_type: str | None, body: bytes) -> tuple[int, dict]:
+    def handle(
+        self, method: str, raw_path: str, content_type: str | None, body: bytes, agent: str = ""
+    ) -> tuple[int, dict]:
         parsed = urlparse(raw_path)
         path = unquote(parsed.path).strip("/")
         query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
         payload = json.loads(body) if body else None
         with self._lock:
             self.requests.append((method, "/" + path, content_type, payload))
+        for hook in list(self.on_request):
+            hook(method, "/" + path)
         fault = self._take_fault(method, "/" + path)
         if fault is not None:
             if fault.delay_s:
@@ -351,18 +384,236 @@ class FakeKube:
         with self._lock:
             if method == "GET":
                 return self._get(base, plural, ns, name, query)
+            before = copy.deepcopy(self._objects.get((base, plural, ns, name))) if name else None
             if method == "POST" and not name:
-                return self._create(base, plural, ns, payload)
-            if method == "PUT" and name:
-                return self._replace(base, plural, ns, name, payload)
-            if method == "PATCH" and name:
-                return self._patch(base, plural, ns, name, content_type or "", payload)
-            if method == "DELETE" and name:
+                code, result = self._create(base, plural, ns, payload)
+            elif method == "PUT" and name:
+                code, result = self._replace(base, plural, ns, name, payload)
+            elif method == "PATCH" and name:
+                code, result = self._patch(base, plural, ns, name, content_type or "", payload)
+            elif method == "DELETE" and name:
                 obj = self._objects.pop((base, plural, ns, name), None)
                 if obj is None:
                     return 404, _status(404, "NotFound", f'{plural} "{name}" not found')
-                return 200, obj
-        return 405, _status(405, "MethodNotAllowed", f"{method} not supported on /{path}")
+                code, result = 200, obj
+            else:
+                return 405, _status(405, "MethodNotAllowed", f"{method} not supported on /{path}")
+            if 200 <= code < 300:
+                self.audit.append(WriteRecord(method, "/" + path, _identity(agent), self._lease_holders()))
+                if method != "DELETE":
+                    self._reconcile_after_write(plural, ns, result["metadata"]["name"], before)
+            return code, result
+
+    def _lease_holders(self) -> dict[str, str | None]:
+        return {
+            name: (obj.get("spec") or {}).get("holderIdentity")
+            for (_, plural, _, name), obj in self._objects.items()
+            if plural == "leases"
+        }
+
+    def writes_by(self, identity: str, exclude: str = "/leases/") -> list[WriteRecord]:
+        """Successful writes sent by a controller identity (other than to paths containing exclude)."""
+        with self._lock:
+            return [w for w in self.audit if w.agent == identity and exclude not in w.path]
+
+    def non_leader_writes(self, lease: str) -> list[WriteRecord]:
+        """Controller writes (not to Leases) that the holder of ``lease`` did not send."""
+        with self._lock:
+            return [
+                w for w in self.audit if w.agent and "/leases" not in w.path and w.lease_holders.get(lease) != w.agent
+            ]
+
+    # ------------------------------------------------------------------ KServe + Knative, as their reconcilers act
+    #
+    # KServe (pkg/controller/v1beta1/inferenceservice/reconcilers/knative/ksvc_reconciler.go) renders
+    # the predictor into the Knative Service's template, minReplicas as the template annotation
+    # autoscaling.knative.dev/min-scale (pkg/controller/v1alpha1/utils/utils.go SetAutoScalingAnnotations);
+    # any template change makes Knative's Configuration reconciler create a new Revision, whose pods
+    # replace the old ones. A Revision's own metadata is mutable (revision_validation.go checks only
+    # spec); the Revision reconciler (pkg/reconciler/revision/reconcile_resources.go) then:
+    # * Knative >= 1.21 (PR #16186): copies the Revision's autoscaling.* annotations to its
+    #   PodAutoscaler (syncAnnotationsForKPA: the Revision is the source of truth, a PA-only edit is
+    #   reverted) and keeps them off the Deployment's pod template (resources/meta.go podAnnotations);
+    # * Knative < 1.21: copies all Revision annotations into the Deployment's pod template
+    #   (makeAnnotationsForPod), so an annotation edit rolls the pods, and never updates the PA's
+    #   annotations after creating it (reconcilePA compares the spec only).
+
+    def knative_init(self, namespace: str, isvc_name: str) -> dict:
+        """Create the first Revision (with its PodAutoscaler and Deployment) of an InferenceService."""
+        with self._lock:
+            return self._new_revision(namespace, isvc_name, reason=None)
+
+    def _reconcile_after_write(self, plural: str, ns: str, name: str, before: dict | None) -> None:
+        after = self._objects.get(self._key_of(plural, ns, name))
+        if after is None or before is None:
+            return
+        if plural == "inferenceservices" and "revisions" in self.missing:
+            # Raw deployment mode: minReplicas/maxReplicas go to the HPA (KServe
+            # reconcilers/hpa/hpa_reconciler.go), everything else of the predictor to the pod template.
+            if _isvc_template(before, raw=True) != _isvc_template(after, raw=True):
+                self.rollouts.append(Rollout("Deployment", ns, name, "predictor pod template changed"))
+                self._replace_pods(ns, name)
+        elif plural == "inferenceservices" and _isvc_template(before) != _isvc_template(after):
+            self._new_revision(ns, name, reason="InferenceService predictor template changed")
+        elif plural == "inferencegraphs" and before.get("spec") != after.get("spec"):
+            self.rollouts.append(Rollout("InferenceGraph", ns, name, "InferenceGraph spec changed"))
+        elif plural == "revisions":
+            self._reconcile_revision(ns, name)
+        elif plural == "podautoscalers" and self.knative_version >= (1, 21):
+            self._reconcile_revision(ns, name)  # the PA's owner Revision is reconciled again
+
+    def _key_of(self, plural: str, ns: str, name: str) -> tuple[str, str, str, str]:
+        for key in self._objects:
+            if key[1:] == (plural, ns, name):
+                return key
+        return ("", plural, ns, name)
+
+    def _store(self, obj: dict) -> dict:
+        plural = _plural(obj["kind"])
+        meta = obj["metadata"]
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", now_iso())
+        meta["resourceVersion"] = str(next(self._rv))
+        self._objects[(self._base(obj["apiVersion"]), plural, meta.get("namespace", ""), meta["name"])] = obj
+        return obj
+
+    def revisions(self, namespace: str, isvc_name: str) -> list[dict]:
+        return [
+            r
+            for r in self.list("serving.knative.dev/v1", "Revision", namespace)
+            if (r["metadata"].get("labels") or {}).get(ISVC_LABEL) == isvc_name
+        ]
+
+    def _new_revision(self, ns: str, isvc_name: str, reason: str | None) -> dict:
+        isvc_obj = self._objects[(self._base("serving.kserve.io/v1beta1"), "inferenceservices", ns, isvc_name)]
+        predictor = (isvc_obj.get("spec") or {}).get("predictor") or {}
+        previous = sorted(self.revisions(ns, isvc_name), key=lambda r: r["metadata"]["name"])
+        generation = len(previous) + 1
+        rev_name = f"{isvc_name}-predictor-{generation:05d}"
+        annotations = {AUTOSCALING + "class": "kpa.autoscaling.knative.dev"}
+        annotations[AUTOSCALING + "min-scale"] = str(predictor.get("minReplicas", 1))
+        if predictor.get("maxReplicas"):
+            annotations[AUTOSCALING + "max-scale"] = str(predictor["maxReplicas"])
+        labels = {ISVC_LABEL: isvc_name, "component": "predictor", ROUTING_STATE: "active"}
+        labels["serving.knative.dev/configuration"] = f"{isvc_name}-predictor"
+        revision = self._store(
+            {
+                "apiVersion": "serving.knative.dev/v1",
+                "kind": "Revision",
+                "metadata": {"name": rev_name, "namespace": ns, "labels": labels, "annotations": annotations},
+                "spec": {"containers": [{"name": "kserve-container", "image": "x"}]},
+            }
+        )
+        desired = 1
+        for old in previous:
+            old_pa = self._objects.get(self._key_of("podautoscalers", ns, old["metadata"]["name"]))
+            if old_pa is not None:
+                desired = (old_pa.get("status") or {}).get("desiredScale", desired)
+                old_pa["spec"]["reachability"] = "Unreachable"
+                old_pa["metadata"]["resourceVersion"] = str(next(self._rv))
+            old["metadata"]["labels"][ROUTING_STATE] = "reserve"
+            old["metadata"]["resourceVersion"] = str(next(self._rv))
+        pa_labels = {k: v for k, v in labels.items() if k != ROUTING_STATE} | {REVISION_LABEL: rev_name}
+        self._store(
+            {
+                "apiVersion": "autoscaling.internal.knative.dev/v1alpha1",
+                "kind": "PodAutoscaler",
+                "metadata": {
+                    "name": rev_name,
+                    "namespace": ns,
+                    "labels": pa_labels,
+                    "annotations": {k: v for k, v in annotations.items() if k not in KNATIVE_EXCLUDED},
+                },
+                "spec": {"reachability": "Reachable"},
+                "status": {"desiredScale": desired, "actualScale": desired},
+            }
+        )
+        self._store(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": f"{rev_name}-deployment", "namespace": ns, "labels": dict(pa_labels)},
+                "spec": {
+                    "replicas": desired,
+                    "template": {
+                        "metadata": {"labels": dict(pa_labels), "annotations": self._pod_annotations(revision)}
+                    },
+                },
+            }
+        )
+        isvc_obj.setdefault("status", {}).setdefault("components", {})["predictor"] = {
+            "latestCreatedRevision": rev_name
+        }
+        if reason is not None:
+            self.rollouts.append(Rollout("InferenceService", ns, isvc_name, reason, rev_name))
+            self._replace_pods(ns, isvc_name)
+        return copy.deepcopy(revision)
+
+    def _pod_annotations(self, revision: dict) -> dict[str, str]:
+        ann = {k: v for k, v in (revision["metadata"].get("annotations") or {}).items() if k not in KNATIVE_EXCLUDED}
+        if self.knative_version >= (1, 21):
+            ann = {k: v for k, v in ann.items() if not k.startswith(AUTOSCALING)}
+        return ann
+
+    def _reconcile_revision(self, ns: str, rev_name: str) -> None:
+        revision = self._objects.get(self._key_of("revisions", ns, rev_name))
+        if revision is None:
+            return
+        isvc_name = revision["metadata"]["labels"].get(ISVC_LABEL, "")
+        deployment = self._objects.get(self._key_of("deployments", ns, f"{rev_name}-deployment"))
+        if deployment is not None:
+            want = self._pod_annotations(revision)
+            template = deployment["spec"]["template"]["metadata"]
+            if template.get("annotations") != want:  # checkAndUpdateDeployment: a new pod template
+                template["annotations"] = want
+                deployment["metadata"]["resourceVersion"] = str(next(self._rv))
+                self.rollouts.append(Rollout("Deployment", ns, isvc_name, "pod template annotations changed", rev_name))
+                self._replace_pods(ns, isvc_name)
+        pa = self._objects.get(self._key_of("podautoscalers", ns, rev_name))
+        if pa is None or self.knative_version < (1, 21):
+            return
+        src = {k: v for k, v in (revision["metadata"].get("annotations") or {}).items() if k not in KNATIVE_EXCLUDED}
+        dst = pa["metadata"].setdefault("annotations", {})
+        synced = {k: v for k, v in dst.items() if not k.startswith(AUTOSCALING) or k in KPA_DEFAULTED} | src
+        if synced != dst:
+            pa["metadata"]["annotations"] = synced
+            pa["metadata"]["resourceVersion"] = str(next(self._rv))
+
+    def _replace_pods(self, ns: str, isvc_name: str) -> None:
+        """A rollout: the unit's pods are replaced by new ones that are not ready yet."""
+        mine = [
+            key
+            for key, o in self._objects.items()
+            if key[1] == "pods" and key[2] == ns and (o["metadata"].get("labels") or {}).get(ISVC_LABEL) == isvc_name
+        ]
+        for key in mine:
+            del self._objects[key]
+        for i in range(len(mine)):
+            self._store(pod(f"{isvc_name}-new{next(self._rv)}-{i}", ns, isvc_name, ready=False))
+
+    def unit_rollouts(self) -> list[Rollout]:
+        """Rollouts that replaced a unit's pods (a new Revision or a new pod template)."""
+        with self._lock:
+            return [r for r in self.rollouts if r.kind != "InferenceGraph"]
+
+    def set_autoscaler(self, namespace: str, isvc_name: str, desired: int, actual: int | None = None) -> None:
+        """KPA status of the unit's routed Revision (what the autoscaler decided)."""
+        with self._lock:
+            active = [
+                r
+                for r in self.revisions(namespace, isvc_name)
+                if r["metadata"]["labels"].get(ROUTING_STATE) != "reserve"
+            ]
+            for r in active:
+                key = self._key_of("podautoscalers", namespace, r["metadata"]["name"])
+                pa = self._objects.get(key)
+                if pa is None:
+                    continue
+                pa["status"] = {"desiredScale": desired, "actualScale": desired if actual is None else actual}
+                pa["metadata"]["resourceVersion"] = str(next(self._rv))
+                dep = self._objects.get(self._key_of("deployments", namespace, f"{r['metadata']['name']}-deployment"))
+                if dep is not None:
+                    dep["spec"]["replicas"] = desired
 
     def _get(self, base, plural, ns, name, query):
         if name:
@@ -472,6 +723,45 @@ class FakeKube:
         return 200, copy.deepcopy(updated)
 
 
+@dataclass
+class Rollout:
+    kind: str  # InferenceService (new Revision) | Deployment (new pod template) | InferenceGraph
+    namespace: str
+    name: str
+    reason: str
+    revision: str = ""
+
+
+@dataclass
+class WriteRecord:
+    method: str
+    path: str
+    agent: str  # the controller identity from the User-Agent, "" for other clients
+    lease_holders: dict
+
+
+def _identity(agent: str) -> str:
+    """The controller's identity from its User-Agent ``inference-traffic-controller/<identity>``."""
+    prefix = "inference-traffic-controller/"
+    return agent[len(prefix) :].split(" ")[0] if agent.startswith(prefix) else ""
+
+
+def _isvc_template(obj: dict, raw: bool = False) -> tuple:
+    """What KServe renders into the Knative revision template: the predictor and the annotations
+    (raw deployment mode: the predictor without the autoscaler's bounds)."""
+    meta = obj.get("metadata") or {}
+    predictor = dict((obj.get("spec") or {}).get("predictor") or {})
+    if raw:
+        for key in ("minReplicas", "maxReplicas", "scaleTarget", "scaleMetric"):
+            predictor.pop(key, None)
+    annotations = {
+        k: v
+        for k, v in (meta.get("annotations") or {}).items()
+        if k != "kubectl.kubernetes.io/last-applied-configuration"
+    }
+    return json.dumps(predictor, sort_keys=True), json.dumps(annotations, sort_keys=True)
+
+
 def _plural(kind: str) -> str:
     for plural, k in KINDS.items():
         if k == kind:
@@ -537,7 +827,9 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         try:
-            code, payload = self.kube.handle(self.command, self.path, self.headers.get("Content-Type"), body)
+            code, payload = self.kube.handle(
+                self.command, self.path, self.headers.get("Content-Type"), body, self.headers.get("User-Agent") or ""
+            )
         except Exception as exc:  # pragma: no cover - a bug in the fake itself
             code, payload = 500, _status(500, "InternalError", f"fake error: {exc!r}")
         data = json.dumps(payload).encode()

@@ -16,7 +16,6 @@ from .ctl_fakeapi import (
     isvc,
     nodeclaim,
     pod,
-    podautoscaler,
 )
 
 NS = "sd21"
@@ -99,6 +98,7 @@ class World:
         self._events = 0
         for n in NAMES:
             fake.put(isvc(n, NS))
+            fake.knative_init(NS, n)
         self.graph(COST_WEIGHTS)
         for n in NAMES:
             self.set_unit(n, ready=3 if n == "sd21-inf2" else 1)
@@ -138,7 +138,7 @@ class World:
             self.fake.put(pod(f"{name}-{i}", NS, name, unschedulable_since=self.clock() - unschedulable_for))
             i += 1
         total = ready + pending + unschedulable
-        self.fake.put(podautoscaler(name, NS, desired=total if desired is None else desired))
+        self.fake.set_autoscaler(NS, name, desired=total if desired is None else desired)
 
     def ice(self, nodepool: str, count: int = 1) -> None:
         """Karpenter could not launch nodes for the NodePool: events + failed NodeClaims."""
@@ -180,10 +180,33 @@ class World:
         ]
         return [e for e in evs if reason is None or e["reason"] == reason]
 
-    def min_replicas(self, name: str) -> int:
-        return self.fake.get("serving.kserve.io/v1beta1", "InferenceService", name, NS)["spec"]["predictor"][
-            "minReplicas"
+    def min_replicas(self, name: str) -> int | None:
+        """The replica floor in effect: the KPA's min-scale (see :meth:`floor`)."""
+        return self.floor(name)
+
+    def without_knative(self) -> None:
+        """KServe raw deployment mode: no Knative resources installed."""
+        for api, kind in (
+            ("serving.knative.dev/v1", "Revision"),
+            ("autoscaling.internal.knative.dev/v1alpha1", "PodAutoscaler"),
+            ("apps/v1", "Deployment"),
+        ):
+            for obj in self.fake.list(api, kind, NS):
+                self.fake.delete(api, kind, obj["metadata"]["name"], NS)
+        self.fake.missing |= {"revisions", "podautoscalers"}
+
+    def floor(self, name: str) -> int | None:
+        """The min-scale the KPA applies to the unit: its routed Revision's PodAutoscaler annotation."""
+        pas = [
+            pa
+            for pa in self.fake.list("autoscaling.internal.knative.dev/v1alpha1", "PodAutoscaler", NS)
+            if pa["metadata"]["labels"].get("serving.kserve.io/inferenceservice") == name
+            and pa["spec"].get("reachability") != "Unreachable"
         ]
+        values = {(pa["metadata"].get("annotations") or {}).get("autoscaling.knative.dev/min-scale") for pa in pas}
+        assert len(values) == 1, values
+        value = values.pop()
+        return None if value is None else int(value)
 
     def graph_weight_writes(self) -> int:
         return sum(

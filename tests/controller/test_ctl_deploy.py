@@ -213,18 +213,13 @@ def allowed_by(rules, group, resource, ns, verb, name):
     return None
 
 
-def test_rbac_allows_exactly_what_a_failover_and_fallback_use(docs, fake, tmp_path):
+def replay_failover(docs, world: World) -> None:
+    """A failover and a fallback of the deployed config against the fake API server."""
     (cm,) = by_kind(docs, "ConfigMap")
     data = yaml.safe_load(cm["data"]["controller.yaml"])
     data["timing"].update(fallback_hold_s=60, min_state_s=60, capacity_error_window_s=60)
     cfg = parse_config(data)
-    from .ctl_world import Clock
-
-    clock = Clock()
-    world = World(fake, clock, fake.write_kubeconfig(tmp_path / "kc", NS))
-    world.fake.delete(
-        "autoscaling.internal.knative.dev/v1alpha1", "PodAutoscaler", "sd21-g5-cuda-predictor-00001", NS
-    )  # one unit without KPA status: Deployments
+    fake, clock = world.fake, world.clock
     kube = Kube(api_client(str(world.kubeconfig)), timeout_s=5)
     ctl = build(cfg, kube, identity="rbac", clock=clock, sleep=lambda s: None)
     ctl.step()
@@ -243,6 +238,8 @@ def test_rbac_allows_exactly_what_a_failover_and_fallback_use(docs, fake, tmp_pa
     assert ctl.state.mode == "cost-optimized"
     ctl.elector.release()
 
+
+def check_requests_against_rbac(docs, fake, rules_that_must_be_used=None) -> None:
     rules = bound_rules(docs)
     used = set()
     for method, path, _, _ in fake.requests:
@@ -250,5 +247,65 @@ def test_rbac_allows_exactly_what_a_failover_and_fallback_use(docs, fake, tmp_pa
         index = allowed_by(rules, *attrs)
         assert index is not None, f"RBAC does not allow {method} {path} {attrs}"
         used.add(index)
-    unused = [rules[i] for i in range(len(rules)) if i not in used]
+    must = rules if rules_that_must_be_used is None else rules_that_must_be_used
+    unused = [rules[i] for i in range(len(rules)) if i not in used and rules[i] in must]
     assert unused == [], f"RBAC grants what the controller never used: {unused}"
+
+
+def test_rbac_allows_exactly_what_a_failover_and_fallback_use(docs, fake, tmp_path):
+    from .ctl_world import Clock
+
+    world = World(fake, Clock(), fake.write_kubeconfig(tmp_path / "kc", NS))
+    world.fake.delete(
+        "autoscaling.internal.knative.dev/v1alpha1", "PodAutoscaler", "sd21-g5-cuda-predictor-00001", NS
+    )  # one unit without KPA status: Deployments
+    replay_failover(docs, world)
+    assert fake.unit_rollouts() == []
+    check_requests_against_rbac(docs, fake)
+
+
+def render_with(component: str, tmp_path: Path) -> list[dict]:
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(BASE, overlay)],
+                "components": [os.path.relpath(BASE / component, overlay)],
+            }
+        )
+    )
+    exe = kubectl()
+    if exe is None:
+        pytest.skip("kubectl not found")
+    out = subprocess.run(
+        [exe, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.mark.parametrize("component", ["knative-pre-1.21", "raw-deployment"])
+def test_floor_components_grant_what_their_clusters_need(component, tmp_path):
+    from .ctl_fakeapi import FakeKube
+    from .ctl_world import Clock
+
+    docs = render_with(component, tmp_path)
+    own = [
+        r
+        for d in yaml.safe_load_all((BASE / component / "rbac.yaml").read_text())
+        if d and d["kind"] == "Role"
+        for r in d["rules"]
+    ]
+    with FakeKube(knative_version=(1, 15)) as fake:
+        world = World(fake, Clock(), fake.write_kubeconfig(tmp_path / "kc", NS))
+        if component == "raw-deployment":
+            world.without_knative()
+        replay_failover(docs, world)
+        assert fake.unit_rollouts() == []
+        check_requests_against_rbac(docs, fake, rules_that_must_be_used=own)

@@ -70,7 +70,7 @@ def test_unit_signals_from_pods_and_the_knative_autoscaler(world, clock):
 
 
 def test_desired_replicas_without_knative_come_from_the_deployment_then_the_pods(world, clock):
-    world.fake.missing.add("podautoscalers")
+    world.without_knative()
     world.fake.put(
         {
             "apiVersion": "apps/v1",
