@@ -34,7 +34,7 @@ from typing import Protocol
 
 from controller.config import Router as RouterConfig
 from controller.config import Unit
-from controller.kube import KNATIVE, KNATIVE_PA, KSERVE, KSERVE_GRAPH, Kube, NotFound, describe
+from controller.kube import KNATIVE, KNATIVE_PA, KSERVE, KSERVE_GRAPH, Kube, NotFound, NotLeader, describe
 
 log = logging.getLogger(__name__)
 
@@ -421,5 +421,7 @@ class EventRecorder:
         }
         try:
             self.kube.create_event(namespace, body)
+        except NotLeader:
+            raise
         except Exception as exc:  # an Event is never worth failing a reconcile for
             log.warning("could not record Event %s on %s/%s: %s", reason, namespace, ref.get("name"), describe(exc))

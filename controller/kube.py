@@ -2,9 +2,16 @@
 
 Every call goes through the generated API classes (auth, TLS and kubeconfig handling stay the
 client's), asks for the raw response (``_preload_content=False``) and returns plain dicts, so
-built-in and custom resources are handled alike. Every call has a timeout; :func:`with_retry`
-retries transient failures (429, 5xx, timeouts, connection errors) with exponential backoff.
-Patches are JSON merge patches (custom resources refuse strategic merge patch with 415).
+built-in and custom resources are handled alike. Patches are JSON merge patches (custom resources
+refuse strategic merge patch with 415).
+
+One retry policy for every call, here and nowhere else: each request has a timeout, and
+transient failures (429, 5xx, timeouts, connection errors) are retried with exponential backoff
+(:attr:`Kube.backoff`). Lease calls are not retried: the elector's own timer is their retry.
+
+Every write except to the Lease first passes :attr:`Kube.fence` (set by the leader elector), before
+each attempt: a replica that is not, or no longer, the leader raises :class:`NotLeader` instead of
+writing, so no code path (pre-warm, retries, Events) can write without leadership.
 """
 
 from __future__ import annotations
@@ -37,6 +44,10 @@ KARPENTER = ("karpenter.sh", "v1")
 
 class NotFound(Exception):
     """The object or the resource type does not exist."""
+
+
+class NotLeader(Exception):
+    """A write refused before it was sent: this replica does not hold the Lease (any more)."""
 
 
 @dataclass(frozen=True)
@@ -108,23 +119,53 @@ def api_client(kubeconfig: str | None = None, context: str | None = None) -> k8s
 class Kube:
     """The Kubernetes calls the controller makes, returning dicts."""
 
-    def __init__(self, api: k8s.ApiClient, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        timeout_s: float = 10.0,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.api = api
         self.timeout_s = timeout_s
+        self.backoff = backoff or Backoff(retries=0)
+        self.sleep = sleep
+        # Raises NotLeader (or a transient error: then the attempt is retried) unless this replica
+        # may write now. None: no leader election (a single replica).
+        self.fence: Callable[[], None] | None = None
+        # Called with (resource plural, error) before each retry (metrics).
+        self.on_retry: Callable[[str, BaseException], None] | None = None
         self.core = k8s.CoreV1Api(api)
         self.custom = k8s.CustomObjectsApi(api)
         self.networking = k8s.NetworkingV1Api(api)
         self.coordination = k8s.CoordinationV1Api(api)
         self.apps = k8s.AppsV1Api(api)
 
-    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> dict:
-        kwargs.setdefault("_request_timeout", self.timeout_s)
-        resp = method(*args, _preload_content=False, **kwargs)
-        try:
-            data = resp.data
-        finally:
-            resp.release_conn()
-        return json.loads(data) if data else {}
+    def set_identity(self, identity: str) -> None:
+        """Send the replica's identity in the User-Agent (audit logs show which replica wrote)."""
+        self.api.user_agent = f"inference-traffic-controller/{identity}"
+
+    def _call(self, method: Callable[..., Any], *args: Any, _write: bool = False, **kwargs: Any) -> dict:
+        what = f"{getattr(method, '__name__', 'call')}{tuple(a for a in args if isinstance(a, str))}"
+        resource = next((a for a in args if isinstance(a, str) and a.endswith("s")), "")
+
+        def attempt() -> dict:
+            if _write and self.fence is not None:
+                self.fence()
+            kw = dict(kwargs)
+            kw.setdefault("_request_timeout", self.timeout_s)
+            resp = method(*args, _preload_content=False, **kw)
+            try:
+                data = resp.data
+            finally:
+                resp.release_conn()
+            return json.loads(data) if data else {}
+
+        def count(exc: BaseException) -> None:
+            if self.on_retry is not None:
+                self.on_retry(resource, exc)
+
+        return with_retry(attempt, self.backoff, self.sleep, what, on_retry=count)
 
     def _call_or_none(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> dict | None:
         try:
@@ -148,6 +189,7 @@ class Kube:
             name,
             body,
             _content_type=MERGE_PATCH,
+            _write=True,
         )
 
     def list_custom(
@@ -173,7 +215,7 @@ class Kube:
         return self._call(self.core.list_namespaced_event, namespace, field_selector=field_selector).get("items") or []
 
     def create_event(self, namespace: str, body: dict) -> dict:
-        return self._call(self.core.create_namespaced_event, namespace, body)
+        return self._call(self.core.create_namespaced_event, namespace, body, _write=True)
 
     def list_deployments(self, namespace: str, label_selector: str) -> list[dict]:
         return (
@@ -186,14 +228,29 @@ class Kube:
         return self._call_or_none(self.networking.read_namespaced_ingress, name, namespace)
 
     def patch_ingress(self, namespace: str, name: str, body: dict) -> dict:
-        return self._call(self.networking.patch_namespaced_ingress, name, namespace, body, _content_type=MERGE_PATCH)
+        return self._call(
+            self.networking.patch_namespaced_ingress, name, namespace, body, _content_type=MERGE_PATCH, _write=True
+        )
 
     # ---- leases
     # Lease writes go through ApiClient.call_api with the dict as is: the typed V1Lease model would
     # re-serialize renewTime with datetime.isoformat(), which drops the microseconds that the API
     # server's MicroTime format requires when they happen to be zero.
     def get_lease(self, namespace: str, name: str) -> dict | None:
-        return self._call_or_none(self.coordination.read_namespaced_lease, name, namespace)
+        """The Lease, or None; one attempt (no retries: the elector's timer retries)."""
+        try:
+            resp = self.coordination.read_namespaced_lease(
+                name, namespace, _preload_content=False, _request_timeout=self.timeout_s
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        try:
+            data = resp.data
+        finally:
+            resp.release_conn()
+        return json.loads(data) if data else {}
 
     def create_lease(self, namespace: str, body: dict) -> dict:
         return self._raw("POST", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases", body)

@@ -10,9 +10,16 @@ One :meth:`Controller.reconcile`:
    hold everything and say so (log, /status, ``traffic_controller_signals_stale``).
 4. If the router is paused, or a person changed the weights since the controller last wrote them,
    leave the weights alone (and pause, recording why).
-5. Pre-warm the capacity pool's minReplicas, then patch the weights only if they change, with the
-   previous weights and the state in annotations. Conflicts (409) re-read and retry; transient
-   errors retry with exponential backoff. Record an Event on a mode switch.
+5. Set the units' replica floors (without a rollout: :class:`controller.actuators.FloorActuator`),
+   then patch the weights only if they change, with the previous weights and the state in
+   annotations. A conflict (409) re-reads once and writes again unless the weights changed in
+   between. Record an Event on a mode switch.
+
+Only the leader writes: the Lease is renewed on its own thread (:meth:`LeaseElector.run`), and
+every write goes through ``Kube.fence`` (:meth:`LeaseElector.fence`), so a reconcile that outlives
+its lease, or whose Lease another replica took, drops its remaining writes (``NotLeader``) and
+stands by. Transient API errors are retried in one place, ``Kube`` (one policy for every call);
+a reconcile that still fails is retried by the run loop after a backoff.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from controller.actuators import (
     make_router,
 )
 from controller.config import ControllerConfig
-from controller.kube import Backoff, Kube, api_client, describe, is_conflict, with_retry
+from controller.kube import Backoff, Kube, NotLeader, api_client, describe, is_conflict
 from controller.leader import LeaseElector, default_identity
 from controller.metrics import HealthServer, Metrics
 from controller.policy import CAPACITY, COST, Decision, PolicyState, decide, with_weights
@@ -106,19 +113,11 @@ class Controller:
         self.dry_run = dry_run
         names = [u.name for u in config.units]
         self.metrics = metrics or Metrics(names, clock=clock, liveness_s=max(120.0, 5 * config.timing.interval_s))
-        t = config.timing
-        self.backoff = Backoff(retries=t.api_retries, initial_s=t.backoff_initial_s, max_s=t.backoff_max_s)
         self.state: PolicyState | None = None
         self.last_signals_at: float | None = None
         self.last_result: Result | None = None
 
     # ------------------------------------------------------------------ helpers
-
-    def _retry(self, fn, what: str, source: str):
-        def count(exc: BaseException) -> None:
-            self.metrics.errors.labels(source).inc()
-
-        return with_retry(fn, self.backoff, self.sleep, what, on_retry=count)
 
     def _done(self, result: Result) -> Result:
         self.last_result = result
@@ -160,21 +159,27 @@ class Controller:
     def _write(
         self, view: RouterView, weights: Mapping[str, int] | None, annotations: Mapping[str, str | None]
     ) -> RouterView | None:
-        """Write with optimistic concurrency. None if the weights changed under us (decide again)."""
+        """Write with optimistic concurrency. None if the weights changed under us (decide again).
+
+        A 409 re-reads the router once: if its weights are still the ones decided on (someone
+        else changed only annotations, or our own earlier attempt landed) it writes once more;
+        otherwise, or on a second 409, it gives up until the next decision. Transient errors are
+        retried by Kube; NotLeader propagates."""
         expected = dict(view.weights)
-        delays = self.backoff.delays()
-        for attempt in range(len(delays) + 1):
+        for attempt in (1, 2):
             try:
-                new = self._retry(lambda v=view: self.router.write(v, weights, annotations), "write router", "router")
+                new = self.router.write(view, weights, annotations)
                 self.metrics.patches.labels("router").inc()
                 return new
             except ApiException as exc:
-                if not is_conflict(exc) or attempt >= len(delays):
+                if not is_conflict(exc):
                     raise
                 self.metrics.errors.labels("router").inc()
+                if attempt == 2:
+                    log.warning("router changed again while writing (409); deciding again next time")
+                    return None
                 log.info("router changed while writing (409); re-reading")
-                self.sleep(delays[attempt])
-                view = self._retry(self.router.read, "read router", "router")
+                view = self.router.read()
                 if view.paused or view.weights != expected:
                     log.warning("router weights changed while writing; not overwriting them")
                     return None
@@ -199,12 +204,22 @@ class Controller:
         return self.reconcile()
 
     def reconcile(self) -> Result:
-        now = self.clock()
         if self.elector is not None and not self.elector.is_leader:
             self.state = None  # a future leadership resumes from the cluster, not from memory
             return self._done(Result("standby", message=f"standing by; lease held by {self.elector.holder()}"))
+        try:
+            return self._reconcile()
+        except NotLeader as exc:
+            # The lease ran out or was taken mid-reconcile: the remaining writes were dropped.
+            self.state = None
+            self.metrics.leader.set(0)
+            msg = f"lost the lease during the reconcile; remaining writes dropped ({exc})"
+            log.warning(msg)
+            return self._done(Result("standby", message=msg))
 
-        view = self._retry(self.router.read, "read router", "router")
+    def _reconcile(self) -> Result:
+        now = self.clock()
+        view = self.router.read()
         self.metrics.api_ok(True)
         self.metrics.observe_router(view.weights, view.paused)
         if self.state is None:
@@ -274,10 +289,12 @@ class Controller:
 
         if decision.prewarm and self.prewarm is not None:
             try:
-                changed = self._retry(lambda: self.prewarm.apply(decision.prewarm), "pre-warm", "prewarm")
+                changed = self.prewarm.apply(decision.prewarm)
                 for name, (old, new) in changed.items():
                     self.metrics.patches.labels("prewarm").inc()
-                    log.info("pre-warm: %s minReplicas %s -> %d", name, old, new)
+                    log.info("floor: %s min-scale %s -> %d", name, old, new)
+            except NotLeader:
+                raise
             except Exception as exc:  # pre-warm helps; it must not block the weights
                 self.metrics.errors.labels("prewarm").inc()
                 log.warning("pre-warm failed: %s", describe(exc))
@@ -323,21 +340,38 @@ class Controller:
     # ------------------------------------------------------------------ the loop
 
     def run(self, stop: threading.Event | None = None, max_iterations: int | None = None) -> None:
-        """Reconcile every interval_s (lease renewed every renew_s) until ``stop`` is set."""
+        """Reconcile every interval_s until ``stop`` is set; the Lease is renewed on its own thread."""
         stop = stop or threading.Event()
         t = self.config.timing
+        lease_stop = threading.Event()
+        became_leader = threading.Event()
+        lease_thread = None
+        if self.elector is not None:
+
+            def on_tick(leader: bool) -> None:
+                self.metrics.leader.set(1 if leader else 0)
+                self.metrics.api_ok(self.elector.api_reachable)
+                if not self.elector.api_reachable:
+                    self.metrics.errors.labels("lease").inc()
+                if leader:
+                    became_leader.set()
+
+            lease_thread = self.elector.run(lease_stop, on_tick)
+        else:
+            self.metrics.leader.set(1)
         tick = min(t.interval_s, self.config.lease.renew_s) if self.elector is not None else t.interval_s
         next_reconcile = self.clock()
         failures = 0
         iterations = 0
+        was_leader = False
         try:
             while not stop.is_set() and (max_iterations is None or iterations < max_iterations):
                 iterations += 1
-                was_leader = self.elector.is_leader if self.elector else True
-                leader = self.lease_tick()
+                leader = self.elector.is_leader if self.elector is not None else True
                 now = self.clock()
                 if leader and not was_leader:
                     next_reconcile = now  # a new leader acts at once
+                was_leader = leader
                 if now >= next_reconcile:
                     try:
                         self.reconcile()
@@ -354,9 +388,12 @@ class Controller:
                         )
                         self._done(Result("error", message=describe(exc)))
                 self.metrics.heartbeat()
-                wait = max(0.0, next_reconcile - self.clock())
-                stop.wait(min(wait, tick))
+                became_leader.wait(min(max(0.0, next_reconcile - self.clock()), tick))  # or the lease is won
+                became_leader.clear()
         finally:
+            lease_stop.set()
+            if lease_thread is not None:
+                lease_thread.join(timeout=self.config.timing.api_timeout_s + 1)
             if self.elector is not None:
                 self.elector.release()
 
@@ -375,6 +412,14 @@ def build(
     identity = identity or default_identity()
     names = [u.name for u in config.units]
     metrics = metrics or Metrics(names, clock=clock, liveness_s=max(120.0, 5 * config.timing.interval_s))
+    t = config.timing
+    # The one retry policy: every API call, in Kube (see controller/kube.py).
+    kube.backoff = Backoff(retries=t.api_retries, initial_s=t.backoff_initial_s, max_s=t.backoff_max_s)
+    kube.sleep = sleep
+    kube.on_retry = lambda resource, exc: metrics.errors.labels(
+        "router" if resource in ("inferencegraphs", "ingresses", "httproutes") else "kubernetes"
+    ).inc()
+    kube.set_identity(identity)
     demand = None
     if config.prometheus is not None:
         demand = PrometheusDemand(config.prometheus, config.namespace, names)
@@ -383,7 +428,16 @@ def build(
     )
     elector = None
     if config.lease.enabled and not dry_run:  # a dry run writes nothing, not even the Lease
-        elector = LeaseElector(kube, config.lease, identity, clock)
+        # Expiry on the monotonic clock; an injected clock (tests, simulation) stands for both.
+        monotonic = time.monotonic if clock is time.time else clock
+        elector = LeaseElector(kube, config.lease, identity, monotonic, clock)
+        kube.fence = elector.fence
+    elif dry_run:
+
+        def refuse() -> None:
+            raise NotLeader("dry run: no writes")
+
+        kube.fence = refuse
     return Controller(
         config,
         signals=signals,

@@ -37,7 +37,7 @@ from datetime import datetime
 from typing import Protocol
 
 from controller.config import ControllerConfig, Prometheus, Unit
-from controller.kube import KARPENTER, KNATIVE_PA, Backoff, Kube, NotFound, describe, with_retry
+from controller.kube import KARPENTER, KNATIVE_PA, Backoff, Kube, NotFound, describe
 from controller.policy import Signals, UnitSignals
 
 log = logging.getLogger(__name__)
@@ -182,8 +182,8 @@ class KubernetesSignals:
         self._has_nodeclaims = True
         self.last_demand_error: str | None = None
 
-    def _retry(self, fn, what):
-        return with_retry(fn, self.backoff, self.sleep, what, on_retry=lambda e: self.on_error("kubernetes", e))
+    def _retry(self, fn, what):  # noqa: ARG002 - names the call site
+        return fn()  # Kube retries transient errors itself: the controller's one retry policy
 
     def _isvc_ready(self, unit: Unit) -> bool:
         obj = self._retry(

@@ -17,7 +17,7 @@ LEASE = Lease(name="ctl", namespace=NS, duration_s=15, renew_s=5)
 
 def electors(world, *identities):
     kube = Kube(api_client(str(world.kubeconfig)), timeout_s=2)
-    return [LeaseElector(kube, LEASE, i, world.clock) for i in identities]
+    return [LeaseElector(kube, LEASE, i, world.clock, world.clock) for i in identities]
 
 
 def lease(world):
@@ -149,6 +149,7 @@ def test_real_run_loop_fails_over_within_one_interval_and_two_replicas_never_bot
         assert wait_until(lambda: survivor.state is not None and survivor.state.mode == CAPACITY, 2)
         last_leader_action = max(acted[leader])
         assert all(t > last_leader_action for t in acted[standby])  # never both at once
+        assert world.fake.non_leader_writes("traffic-controller") == []  # every write by the holder
     finally:
         for s in stops:
             s.set()
