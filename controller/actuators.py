@@ -6,6 +6,8 @@ Routers (select with ``router.kind``):
   each unit is the step whose ``serviceName`` (or ``name``) is the unit name, and its
   ``weight`` is edited. Steps that are not configured units are written as 0 (the weights of
   the units sum to 100).
+* :class:`HttpRouteRouter` -- the ``backendRefs`` weights of a Gateway API HTTPRoute (a weight
+  change is a configuration push, no rollout: the recommended router where a Gateway runs).
 * :class:`AlbIngressRouter` -- the ALB ingress ``alb.ingress.kubernetes.io/actions.<action>``
   forward action (the seed's weighted routing); each unit is the target group whose
   ``serviceName`` is the unit's ``service_name`` (default: its name).
@@ -34,7 +36,7 @@ from typing import Protocol
 
 from controller.config import Router as RouterConfig
 from controller.config import Unit
-from controller.kube import KNATIVE, KNATIVE_PA, KSERVE, KSERVE_GRAPH, Kube, NotFound, NotLeader, describe
+from controller.kube import GATEWAY, KNATIVE, KNATIVE_PA, KSERVE, KSERVE_GRAPH, Kube, NotFound, NotLeader, describe
 
 log = logging.getLogger(__name__)
 
@@ -249,9 +251,80 @@ class AlbIngressRouter:
         return self.read()
 
 
+class HttpRouteRouter:
+    """Weights of the ``backendRefs`` of a Gateway API ``HTTPRoute`` (gateway.networking.k8s.io/v1).
+
+    The rule that names the units' Services is edited (each unit is the backendRef whose ``name``
+    is its ``service_name``, else ``<unit>-predictor``, KServe's predictor Service, or the unit's
+    name, in the unit's namespace); every other field is kept. A weight change is a configuration
+    push to the Gateway implementation: nothing is rolled out (unlike an InferenceGraph, whose
+    router is a Knative revision of its own). Gateway API weights are proportional, so the
+    percentages the controller writes are read as such."""
+
+    def __init__(self, kube: Kube, router: RouterConfig, units: Sequence[Unit]) -> None:
+        self.kube = kube
+        self.router = router
+        self.names = [u.name for u in units]
+        self.by_backend: dict[tuple[str, str], str] = {}
+        for u in units:
+            for service in [u.service_name] if u.service_name else [f"{u.name}-predictor", u.name]:
+                self.by_backend[(u.namespace, service)] = u.name
+
+    def _unit(self, ref: dict) -> str | None:
+        return self.by_backend.get((ref.get("namespace") or self.router.namespace, ref.get("name") or ""))
+
+    def _rule(self, obj: dict) -> int:
+        rules = (obj.get("spec") or {}).get("rules") or []
+        found = [i for i, r in enumerate(rules) if any(self._unit(b) for b in r.get("backendRefs") or [])]
+        r = self.router
+        if len(found) != 1:
+            raise RouterError(
+                f"HTTPRoute {r.namespace}/{r.name}: {'no rule' if not found else 'more than one rule'} "
+                "has backendRefs to the units' Services"
+            )
+        return found[0]
+
+    def read(self) -> RouterView:
+        r = self.router
+        obj = self.kube.get_custom(*GATEWAY, r.namespace, "httproutes", r.name)
+        if obj is None:
+            raise RouterError(f"HTTPRoute {r.namespace}/{r.name} not found")
+        refs = obj["spec"]["rules"][self._rule(obj)].get("backendRefs") or []
+        keys = [self._unit(b) or b.get("name") for b in refs]
+        index, others = _match(self.names, keys, f"HTTPRoute {r.name} backendRefs")
+
+        def weight(i: int) -> int:
+            return int(refs[i].get("weight", 1))  # Gateway API's default weight is 1
+
+        meta = obj.get("metadata") or {}
+        return RouterView(
+            weights={n: weight(i) for n, i in index.items()},
+            annotations=dict(meta.get("annotations") or {}),
+            resource_version=meta.get("resourceVersion", ""),
+            ref=_ref(obj),
+            obj=obj,
+            others={k: weight(i) for k, i in others.items()},
+        )
+
+    def write(
+        self, view: RouterView, weights: Mapping[str, int] | None, annotations: Mapping[str, str | None]
+    ) -> RouterView:
+        patch: dict = {"metadata": {"resourceVersion": view.resource_version, "annotations": dict(annotations)}}
+        if weights is not None:
+            rules = copy.deepcopy(view.obj["spec"]["rules"])
+            for ref in rules[self._rule(view.obj)].get("backendRefs") or []:
+                ref["weight"] = int(weights.get(self._unit(ref) or "", 0))
+            patch["spec"] = {"rules": rules}  # a merge patch replaces the list as a whole
+        r = self.router
+        self.kube.patch_custom(*GATEWAY, r.namespace, "httproutes", r.name, patch)
+        return self.read()
+
+
 def make_router(kube: Kube, router: RouterConfig, units: Sequence[Unit]) -> Router:
     if router.kind == "alb-ingress":
         return AlbIngressRouter(kube, router, units)
+    if router.kind == "httproute":
+        return HttpRouteRouter(kube, router, units)
     return InferenceGraphRouter(kube, router, units)
 
 

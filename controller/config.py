@@ -20,7 +20,7 @@ import yaml
 POOLS = ("cost", "capacity")
 THROUGHPUT_PER = {"second": 1.0, "minute": 60.0}  # config throughput units per request/s
 STRATEGIES = ("merit-order", "proportional")
-ROUTER_KINDS = ("inferencegraph", "alb-ingress")
+ROUTER_KINDS = ("inferencegraph", "alb-ingress", "httproute")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -51,7 +51,7 @@ class Unit:
 class Router:
     """The object whose weights the controller edits."""
 
-    kind: Literal["inferencegraph", "alb-ingress"]
+    kind: Literal["inferencegraph", "alb-ingress", "httproute"]
     name: str
     namespace: str
     action: str | None = None  # ALB action name: annotation alb.ingress.kubernetes.io/actions.<action>

@@ -39,6 +39,7 @@ KSERVE = ("serving.kserve.io", "v1beta1")
 KSERVE_GRAPH = ("serving.kserve.io", "v1alpha1")
 KNATIVE_PA = ("autoscaling.internal.knative.dev", "v1alpha1")
 KNATIVE = ("serving.knative.dev", "v1")
+GATEWAY = ("gateway.networking.k8s.io", "v1")
 KARPENTER = ("karpenter.sh", "v1")
 
 

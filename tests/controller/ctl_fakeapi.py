@@ -983,3 +983,21 @@ def alb_ingress(name: str, namespace: str, action: str, weights: dict[str, int])
             ]
         },
     }
+
+
+def http_route(name: str, namespace: str, weights: dict[str, int], gateway: str = "inference-gateway") -> dict:
+    """A Gateway API HTTPRoute whose one rule splits over the units' predictor Services."""
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "parentRefs": [{"name": gateway}],
+            "rules": [
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                    "backendRefs": [{"name": f"{n}-predictor", "port": 80, "weight": w} for n, w in weights.items()],
+                }
+            ],
+        },
+    }

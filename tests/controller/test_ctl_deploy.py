@@ -213,11 +213,13 @@ def allowed_by(rules, group, resource, ns, verb, name):
     return None
 
 
-def replay_failover(docs, world: World) -> None:
+def replay_failover(docs, world: World, router: dict | None = None) -> None:
     """A failover and a fallback of the deployed config against the fake API server."""
     (cm,) = by_kind(docs, "ConfigMap")
     data = yaml.safe_load(cm["data"]["controller.yaml"])
     data["timing"].update(fallback_hold_s=60, min_state_s=60, capacity_error_window_s=60)
+    if router is not None:
+        data["router"] = router
     cfg = parse_config(data)
     fake, clock = world.fake, world.clock
     kube = Kube(api_client(str(world.kubeconfig)), timeout_s=5)
@@ -290,10 +292,10 @@ def render_with(component: str, tmp_path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
-@pytest.mark.parametrize("component", ["knative-pre-1.21", "raw-deployment"])
-def test_floor_components_grant_what_their_clusters_need(component, tmp_path):
-    from .ctl_fakeapi import FakeKube
-    from .ctl_world import Clock
+@pytest.mark.parametrize("component", ["knative-pre-1.21", "raw-deployment", "httproute"])
+def test_components_grant_what_their_clusters_need(component, tmp_path):
+    from .ctl_fakeapi import FakeKube, http_route
+    from .ctl_world import COST_WEIGHTS, Clock
 
     docs = render_with(component, tmp_path)
     own = [
@@ -302,10 +304,15 @@ def test_floor_components_grant_what_their_clusters_need(component, tmp_path):
         if d and d["kind"] == "Role"
         for r in d["rules"]
     ]
-    with FakeKube(knative_version=(1, 15)) as fake:
+    with FakeKube(knative_version=(1, 21) if component == "httproute" else (1, 15)) as fake:
         world = World(fake, Clock(), fake.write_kubeconfig(tmp_path / "kc", NS))
+        router = None
         if component == "raw-deployment":
             world.without_knative()
-        replay_failover(docs, world)
+        if component == "httproute":
+            route = yaml.safe_load((ROOT / "deploy" / "httproute" / "httproute.yaml").read_text())
+            fake.put(http_route(route["metadata"]["name"], NS, COST_WEIGHTS))
+            router = {"kind": "httproute", "name": route["metadata"]["name"]}
+        replay_failover(docs, world, router)
         assert fake.unit_rollouts() == []
         check_requests_against_rbac(docs, fake, rules_that_must_be_used=own)
