@@ -40,6 +40,7 @@ KSERVE_GRAPH = ("serving.kserve.io", "v1alpha1")
 KNATIVE_PA = ("autoscaling.internal.knative.dev", "v1alpha1")
 KNATIVE = ("serving.knative.dev", "v1")
 GATEWAY = ("gateway.networking.k8s.io", "v1")
+ROUTER_PLURALS = {"inferencegraphs", "httproutes"}  # plus Ingresses (networking API)
 KARPENTER = ("karpenter.sh", "v1")
 
 
@@ -134,7 +135,7 @@ class Kube:
         # Raises NotLeader (or a transient error: then the attempt is retried) unless this replica
         # may write now. None: no leader election (a single replica).
         self.fence: Callable[[], None] | None = None
-        # Called with (resource plural, error) before each retry (metrics).
+        # Called with (source: "router" or "kubernetes", error) before each retry (metrics).
         self.on_retry: Callable[[str, BaseException], None] | None = None
         self.core = k8s.CoreV1Api(api)
         self.custom = k8s.CustomObjectsApi(api)
@@ -147,8 +148,11 @@ class Kube:
         self.api.user_agent = f"inference-traffic-controller/{identity}"
 
     def _call(self, method: Callable[..., Any], *args: Any, _write: bool = False, **kwargs: Any) -> dict:
-        what = f"{getattr(method, '__name__', 'call')}{tuple(a for a in args if isinstance(a, str))}"
-        resource = next((a for a in args if isinstance(a, str) and a.endswith("s")), "")
+        name = getattr(method, "__name__", "call")
+        what = f"{name}{tuple(a for a in args if isinstance(a, str))}"
+        source = (
+            "router" if "ingress" in name or ROUTER_PLURALS & {a for a in args if isinstance(a, str)} else "kubernetes"
+        )
 
         def attempt() -> dict:
             if _write and self.fence is not None:
@@ -164,7 +168,7 @@ class Kube:
 
         def count(exc: BaseException) -> None:
             if self.on_retry is not None:
-                self.on_retry(resource, exc)
+                self.on_retry(source, exc)
 
         return with_retry(attempt, self.backoff, self.sleep, what, on_retry=count)
 

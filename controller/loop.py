@@ -416,9 +416,7 @@ def build(
     # The one retry policy: every API call, in Kube (see controller/kube.py).
     kube.backoff = Backoff(retries=t.api_retries, initial_s=t.backoff_initial_s, max_s=t.backoff_max_s)
     kube.sleep = sleep
-    kube.on_retry = lambda resource, exc: metrics.errors.labels(
-        "router" if resource in ("inferencegraphs", "ingresses", "httproutes") else "kubernetes"
-    ).inc()
+    kube.on_retry = lambda source, exc: metrics.errors.labels(source).inc()
     kube.set_identity(identity)
     demand = None
     if config.prometheus is not None:
