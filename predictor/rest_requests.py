@@ -11,6 +11,10 @@ kserve 0.21 leaves these edges to the application, and each one bit a real clien
   for the missing ``Inference-Header-Content-Length``. ``tritonclient.http`` in JSON mode sends no
   Content-Type, so every one of its calls failed. Here a body without a Content-Type is JSON unless
   it carries the binary header; a v2 body that carries the header is binary whatever its type says.
+* **Compressed bodies.** ``tritonclient.http`` compresses request bodies on request
+  (``request_compression_algorithm``: ``Content-Encoding: gzip`` or ``deflate``, the binary header
+  counting the uncompressed JSON); kserve reads them as they arrive. They are inflated here, within
+  the same size limit (a small bomb cannot inflate past it); other encodings get 415.
 * **Binary-extension bodies that do not add up.** kserve's ``InferRequest.from_bytes`` trusts the
   header and every ``binary_data_size``: a bad one ends in ValueError, TypeError, KeyError or
   struct.error, answered 500. :func:`check_binary_request` checks the lengths first (400 naming
@@ -34,6 +38,7 @@ import logging
 import math
 import re
 import struct
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -184,6 +189,33 @@ class ClientGone(Exception):
     pass
 
 
+class UnsupportedEncoding(Exception):
+    pass
+
+
+# zlib window bits per HTTP content coding: gzip framing, and "deflate", which HTTP defines as the
+# zlib format (RFC 9110, section 8.4.1.2).
+CONTENT_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def inflate(body: bytes, coding: str, limit: int) -> bytes:
+    """The body decoded from ``coding``; BodyTooLarge as soon as the output passes ``limit`` bytes."""
+    if coding in ("", "identity"):
+        return body
+    if coding not in CONTENT_CODINGS:
+        raise UnsupportedEncoding(coding)
+    decoder = zlib.decompressobj(wbits=CONTENT_CODINGS[coding])
+    try:
+        output = decoder.decompress(body, limit + 1)
+    except zlib.error as error:
+        raise BadRequest(f"the body is not valid {coding} (Content-Encoding): {error}") from None
+    if len(output) > limit:
+        raise BodyTooLarge
+    if not decoder.eof:
+        raise BadRequest(f"the body is not valid {coding} (Content-Encoding): the compressed data is truncated")
+    return output
+
+
 async def read_body(receive: Receive, limit: int) -> bytes:
     """The whole body, refused as soon as it passes ``limit`` bytes."""
     chunks, size = [], 0
@@ -223,9 +255,12 @@ async def answer(send: Send, status: int, message: str, close: bool = False) -> 
     await send({"type": "http.response.body", "body": content})
 
 
-def with_content_type(scope: Scope, content_type: bytes) -> Scope:
-    headers = [(key, value) for key, value in scope["headers"] if key != b"content-type"]
-    return {**scope, "headers": [*headers, (b"content-type", content_type)]}
+def with_header(scope: Scope, name: bytes, value: bytes | None) -> Scope:
+    """``scope`` with header ``name`` set to ``value`` (removed when None)."""
+    headers = [(key, existing) for key, existing in scope["headers"] if key != name]
+    if value is not None:
+        headers.append((name, value))
+    return {**scope, "headers": headers}
 
 
 class RequestBodyGuard:
@@ -247,19 +282,32 @@ class RequestBodyGuard:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await answer(send, 413, self.too_large(f"Content-Length {declared}"), close=True)
             return
+        coding = headers.get("content-encoding", "").strip().lower()
         try:
             body = await read_body(receive, self.limit)
+            body = inflate(body, coding, self.limit)
         except BodyTooLarge:
-            await answer(send, 413, self.too_large("the body"), close=True)
+            what = "the body" if coding in ("", "identity") else f"the body inflated from {coding}"
+            await answer(send, 413, self.too_large(what), close=True)
+            return
+        except UnsupportedEncoding:
+            await answer(send, 415, f"Content-Encoding {coding!r} is not supported; send {sorted(CONTENT_CODINGS)} "
+                         "or an uncompressed body")
+            return
+        except BadRequest as error:
+            await answer(send, 400, str(error))
             return
         except ClientGone:
             return
+        if coding not in ("", "identity"):  # the app sees the body as decoded here
+            scope = with_header(scope, b"content-encoding", None)
+            scope = with_header(scope, b"content-length", str(len(body)).encode())
         binary_header = headers.get(BINARY_HEADER)
         is_v2_infer = scope["method"] == "POST" and V2_INFER_PATH.match(scope["path"]) is not None
         if is_v2_infer and binary_header is not None:
-            scope = with_content_type(scope, b"application/octet-stream")  # the header decides, not the type
+            scope = with_header(scope, b"content-type", b"application/octet-stream")  # the header decides
         elif "content-type" not in headers and binary_header is None:
-            scope = with_content_type(scope, b"application/json")
+            scope = with_header(scope, b"content-type", b"application/json")
         if is_v2_infer and body:
             try:
                 if binary_header is not None:

@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -134,6 +135,7 @@ def test_an_undecodable_binary_body_is_a_400_naming_the_problem(server, case):
 
 
 def test_raw_grpc_contents_that_do_not_match_their_tensor_are_invalid_argument(server):
+    offset = len(server.logs())
     completed = subprocess.run(
         [sys.executable, str(RAW_GRPC_CLIENT), server.grpc], capture_output=True, text=True, timeout=120
     )
@@ -143,6 +145,11 @@ def test_raw_grpc_contents_that_do_not_match_their_tensor_are_invalid_argument(s
         assert out[case]["code"] == "INVALID_ARGUMENT", (case, out[case])
         assert "prompt" in out[case]["message"], (case, out[case])
     assert out["well formed"]["code"] == "OK", out["well formed"]
+    # Each refusal is one WARNING line naming the problem, without kserve's traceback.
+    logged = server.logs()[offset:]
+    assert "Traceback" not in logged, logged
+    refusals = [line for line in logged.splitlines() if "Error processing inference request" in line]
+    assert len(refusals) == 3 and all("WARNING" in line and "prompt" in line for line in refusals), logged
 
 
 # ------------------------------------------------------------------ no Content-Type
@@ -171,6 +178,51 @@ def test_tritonclient_http_works_as_is(server, binary):
     images = result.as_numpy("image")
     assert images.shape == (2,)
     assert [decode_png(data).size for data in images] == [(64, 64), (64, 64)]
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_tritonclient_http_with_a_compressed_request_body(server, binary, algorithm):
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(urlsplit(server.http).netloc)
+    prompt = httpclient.InferInput("prompt", [1], "BYTES")
+    prompt.set_data_from_numpy(np.array([b"a packed castle"], dtype=np.object_), binary_data=binary)
+    result = client.infer(
+        "sd",
+        [prompt],
+        parameters={"num_inference_steps": 2},
+        outputs=[httpclient.InferRequestedOutput("image", binary_data=binary)],
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,
+    )
+    assert decode_png(result.as_numpy("image")[0]).size == (64, 64)
+
+
+def test_a_compressed_body_that_inflates_beyond_the_limit_is_a_413(server):
+    bomb = zlib.compressobj(wbits=31)  # gzip framing
+    body = bomb.compress(b" " * (DEFAULT_LIMIT + 1024)) + bomb.flush()
+    assert len(body) < DEFAULT_LIMIT // 100
+    response = requests.post(
+        infer_url(server), data=body, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 413, response.text
+    assert still_serving(server)
+
+
+@pytest.mark.parametrize("encoding, body, status, message", [
+    ("br", b"\x1b\x00", 415, "gzip"),
+    ("gzip", b"not gzip at all", 400, "gzip"),
+    ("gzip", zlib.compress(b'{"inputs": []}', wbits=31)[:-6], 400, "gzip"),
+], ids=["unsupported", "corrupt", "truncated"])
+def test_a_body_in_an_encoding_that_cannot_be_read_is_refused(server, encoding, body, status, message):
+    response = requests.post(
+        infer_url(server), data=body, headers={"Content-Encoding": encoding, "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
 
 
 # ------------------------------------------------------------------ fields the protocol does not define
