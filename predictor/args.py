@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_request_bytes",
         type=int,
         default=64 * 1024 * 1024,
-        help="Largest REST request body accepted (bytes); beyond it HTTP 413. The default fits a full "
-        "batch of large encoded images in base64 JSON.",
+        help="Largest REST request body accepted (bytes, after gzip/deflate decoding); beyond it HTTP 413. "
+        "The default holds four 12-megapixel JPEG photos in base64 JSON.",
     )
     return parser
