@@ -121,6 +121,13 @@ BAD_BINARY = {
         "8 byte",
     ),
     "inputs missing": (lambda: binary_request({"parameters": {}}, b""), "inputs"),
+    "fixed-size tensor of the wrong length": (
+        lambda: binary_request(
+            {"inputs": [{"name": "prompt", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 7}}]},
+            b"\x00" * 7,
+        ),
+        "needs 8 bytes",
+    ),
 }
 
 
