@@ -77,9 +77,13 @@ def test_start_up_prints_no_avoidable_warnings_or_progress_bars(server):
 # ------------------------------------------------------------------ binary extension
 
 
-def test_a_well_formed_binary_request_is_served(server):
+@pytest.mark.parametrize("content_type", [None, "application/octet-stream", "application/json"])
+def test_a_well_formed_binary_request_is_served_whatever_its_content_type(server, content_type):
+    """The binary header decides: a client that labels the whole body JSON still gets it read as binary."""
     payload = serialize_bytes([b"a castle"])
     body, headers = binary_request(prompt_head(len(payload)), payload)
+    if content_type:
+        headers["Content-Type"] = content_type
     response = requests.post(infer_url(server), data=body, headers=headers, timeout=60)
     assert response.status_code == 200, response.text
     assert decode_png(response.json()["outputs"][0]["data"][0]).size == (64, 64)
