@@ -33,6 +33,7 @@ kserve 0.21 leaves these edges to the application, and each one bit a real clien
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -49,6 +50,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 logger = logging.getLogger("predictor.http")
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+INLINE_CHECK_BYTES = 256 * 1024  # larger bodies are decoded and checked on a worker thread
 BINARY_HEADER = "inference-header-content-length"
 V2_INFER_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 
@@ -101,7 +103,7 @@ def element_count(shape: Any, where: str) -> int:
     return math.prod(shape)
 
 
-def check_raw_tensor(raw: bytes, datatype: Any, shape: Any, where: str) -> None:
+def check_raw_tensor(raw: bytes | memoryview, datatype: Any, shape: Any, where: str) -> None:
     """``raw`` holds exactly the ``shape`` elements of ``datatype`` (BYTES: 4-byte length, then the bytes)."""
     count = element_count(shape, where)
     if datatype == "BYTES":
@@ -157,6 +159,7 @@ def check_binary_request(body: bytes, header_value: str) -> None:
     if not isinstance(inputs, list):
         raise BadRequest("the request needs 'inputs', a list of tensors")
     offset = json_length
+    view = memoryview(body)  # slices without copying the tensors
     for index, tensor in enumerate(inputs):
         if not isinstance(tensor, dict):
             raise BadRequest(f"input {index} must be an object")
@@ -172,7 +175,7 @@ def check_binary_request(body: bytes, header_value: str) -> None:
                 f"{where}: binary_data_size {size} runs past the end of the body "
                 f"({len(body) - offset} byte(s) of binary data left for it)"
             )
-        check_raw_tensor(body[offset : offset + size], tensor.get("datatype"), tensor.get("shape"), where)
+        check_raw_tensor(view[offset : offset + size], tensor.get("datatype"), tensor.get("shape"), where)
         offset += size
     if offset != len(body):
         raise BadRequest(f"{len(body) - offset} byte(s) after the binary inputs belong to no input's binary_data_size")
@@ -283,9 +286,14 @@ class RequestBodyGuard:
             await answer(send, 413, self.too_large(f"Content-Length {declared}"), close=True)
             return
         coding = headers.get("content-encoding", "").strip().lower()
+        binary_header = headers.get(BINARY_HEADER)
+        is_v2_infer = scope["method"] == "POST" and V2_INFER_PATH.match(scope["path"]) is not None
         try:
             body = await read_body(receive, self.limit)
-            body = inflate(body, coding, self.limit)
+            if len(body) <= INLINE_CHECK_BYTES:
+                body = self.decode_and_check(body, coding, binary_header, is_v2_infer)
+            else:  # inflating or parsing megabytes would stall every other request on the event loop
+                body = await asyncio.to_thread(self.decode_and_check, body, coding, binary_header, is_v2_infer)
         except BodyTooLarge:
             what = "the body" if coding in ("", "identity") else f"the body inflated from {coding}"
             await answer(send, 413, self.too_large(what), close=True)
@@ -302,32 +310,35 @@ class RequestBodyGuard:
         if coding not in ("", "identity"):  # the app sees the body as decoded here
             scope = with_header(scope, b"content-encoding", None)
             scope = with_header(scope, b"content-length", str(len(body)).encode())
-        binary_header = headers.get(BINARY_HEADER)
-        is_v2_infer = scope["method"] == "POST" and V2_INFER_PATH.match(scope["path"]) is not None
         if is_v2_infer and binary_header is not None:
             scope = with_header(scope, b"content-type", b"application/octet-stream")  # the header decides
         elif "content-type" not in headers and binary_header is None:
             scope = with_header(scope, b"content-type", b"application/json")
-        if is_v2_infer and body:
-            try:
-                if binary_header is not None:
-                    check_binary_request(body, binary_header)
-                else:
-                    check_v2_fields(parsed_or_none(body))
-            except BadRequest as error:
-                await answer(send, 400, str(error))
-                return
         await self.app(scope, replaying(body, receive), send)
+
+    def decode_and_check(self, body: bytes, coding: str, binary_header: str | None, is_v2_infer: bool) -> bytes:
+        """The body as the app should see it (decoded), after the v2 checks; raises what the client gets."""
+        body = inflate(body, coding, self.limit)
+        if is_v2_infer and body:
+            if binary_header is not None:
+                check_binary_request(body, binary_header)
+            else:
+                check_v2_fields(parsed_or_none(body))
+        return body
 
     def too_large(self, what: str) -> str:
         return f"{what} exceeds this server's request limit of {self.limit} bytes (--max_request_bytes)"
 
 
 def parsed_or_none(body: bytes) -> Any:
-    """The JSON body, or None when it is not JSON (the request's own handler reports that)."""
+    """The JSON body, or None when it is not JSON (the request's own handler reports that).
+
+    The standard library's parser, not orjson: on bodies made of long base64 strings (images) it
+    measured faster here (35 ms against 58 ms for 20 MB).
+    """
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
+        return json.loads(body)
+    except ValueError:
         return None
 
 
