@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
     )
     install_error_handlers()
+    from predictor.rest_requests import install_rest_request_handling
+
+    install_rest_request_handling(args.max_request_bytes)
     if task_name == "text-generation":
         install_openai_routes(model)
     server = ModelServer(

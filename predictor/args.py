@@ -90,4 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument(
         "--warmup", type=_bool, default=True, help="Run one synthetic inference before reporting ready."
     )
+
+    http = parser.add_argument_group("http")
+    http.add_argument(
+        "--max_request_bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="Largest REST request body accepted (bytes, after gzip/deflate decoding); beyond it HTTP 413. "
+        "The default holds four 12-megapixel JPEG photos in base64 JSON.",
+    )
     return parser

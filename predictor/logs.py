@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 
 LOGGERS = ("", "kserve", "kserve.trace", "uvicorn", "uvicorn.error", "uvicorn.access", "predictor")
 
@@ -24,6 +25,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+def quiet_libraries() -> None:
+    """Keep the libraries' console noise out of the pod log: progress bars and advice that needs no action.
+
+    Cheap on purpose (no diffusers or torch import here: the HTTP server must answer liveness soon).
+    - Progress bars (huggingface_hub downloads; transformers "Loading weights", which follows
+      huggingface_hub's switch when it is imported) are tqdm redraws: in a log collector each is a
+      line of junk. diffusers keeps its own switch: the text-to-image backend turns it off.
+    - transformers warns once per image processor that torchvision is missing and falls back to the
+      PIL implementation (transformers/utils/import_utils.py ``_LazyModule.__getattr__``); the
+      fallback is what this runtime uses, so the advice is noise.
+    - FastAPI deprecates ``ORJSONResponse``, which kserve's app uses as its default response class
+      (kserve/model_server.py); nothing here can act on it.
+    """
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+    logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
+
+
 def setup_logging(configure_kserve: bool, log_config_file: str | None, log_format: str) -> None:
     if configure_kserve:
         from kserve.logging import configure_logging
@@ -33,6 +54,7 @@ def setup_logging(configure_kserve: bool, log_config_file: str | None, log_forma
     if not root.handlers:
         logging.basicConfig(level=logging.INFO)
     logging.getLogger("predictor").setLevel(logging.INFO)
+    quiet_libraries()
     if log_format == "json":
         formatter = JsonFormatter()
         for name in LOGGERS:

@@ -82,12 +82,21 @@ class DiffusersBackend:
     """diffusers on CUDA or CPU, optionally compiled with torch.compile (inductor)."""
 
     def __init__(self, model_dir: str, device_kind: str, dtype: str = "auto", compile_model: bool = False):
+        import importlib.util
+
         import torch
         from diffusers import AutoPipelineForText2Image
+        from diffusers.utils import logging as diffusers_logging
 
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components" redraws are log noise
         self.device = device_kind
         self.dtype = torch_dtype(dtype, device_kind)
-        kwargs: dict[str, Any] = {"torch_dtype": self.dtype}
+        # diffusers 0.42 deprecates ``torch_dtype`` for ``dtype``; low_cpu_mem_usage needs accelerate
+        # (without it diffusers falls back to False, with a warning: say so up front).
+        kwargs: dict[str, Any] = {
+            "dtype": self.dtype,
+            "low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None,
+        }
         if _has_component(model_dir, "safety_checker"):
             kwargs.update(safety_checker=None, requires_safety_checker=False)
         pipeline = AutoPipelineForText2Image.from_pretrained(model_dir, **kwargs)
