@@ -229,7 +229,9 @@ class Controller:
         self.metrics.observe_decision(decision, self.config.per_second)
         if decision.stale:
             log.warning("%s", decision.reason)
-            return self._done(Result("stale", decision, decision.reason))
+            if decision.weights == view.weights:
+                return self._done(Result("stale", decision, decision.reason))
+            # Stale signals still take traffic off units without a ready replica: write that.
         if self.elector is not None and not self.elector.is_leader:
             # Reading took so long that the lease may have passed to another replica: do not write.
             self.state = None

@@ -319,10 +319,12 @@ class FakeKube:
         with self._lock:
             return [r for r in self.requests if r[0] in ("POST", "PUT", "PATCH", "DELETE") and path_part in r[1]]
 
-    def _take_fault(self, method: str, path: str) -> Fault | None:
+    def _take_fault(self, method: str, path: str, query: str = "") -> Fault | None:
+        """The first fault for this request: its regex matches the path, or the path?query."""
         with self._lock:
             for f in self._faults:
-                if f.times > 0 and (f.method is None or f.method == method) and f.path_re.search(path):
+                matches = f.path_re.search(path) or (query and f.path_re.search(f"{path}?{query}"))
+                if f.times > 0 and (f.method is None or f.method == method) and matches:
                     f.times -= 1
                     return f
         return None
@@ -336,7 +338,7 @@ class FakeKube:
         payload = json.loads(body) if body else None
         with self._lock:
             self.requests.append((method, "/" + path, content_type, payload))
-        fault = self._take_fault(method, "/" + path)
+        fault = self._take_fault(method, "/" + path, unquote(parsed.query))
         if fault is not None:
             if fault.delay_s:
                 time.sleep(fault.delay_s)
