@@ -47,6 +47,7 @@ from controller.leader import LeaseElector, default_identity
 from controller.metrics import HealthServer, Metrics
 from controller.policy import CAPACITY, COST, Decision, PolicyState, decide, with_weights
 from controller.signals import KubernetesSignals, PrometheusDemand, SignalSource
+from controller.state import ConfigMapStateStore, change_key, decode_state, decode_time, encode_state, encode_time
 from controller.weights import valid_weights
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,11 @@ class Controller:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         dry_run: bool = False,
+        state_store: ConfigMapStateStore | None = None,
     ) -> None:
         self.config = config
+        self.state_store = state_store
+        self._stored_key: dict | None = None  # change_key of what the state store holds
         self.signals = signals
         self.router = router
         self.prewarm = prewarm
@@ -130,7 +134,45 @@ class Controller:
         self.metrics.last_reconcile.set(self.clock())
         return result
 
+    def _restore(self, view: RouterView, now: float) -> PolicyState | None:
+        """The state the state ConfigMap holds (None without one, or when it cannot be read)."""
+        if self.state_store is None:
+            return None
+        try:
+            record = self.state_store.load()
+        except Exception as exc:
+            self.metrics.errors.labels("state").inc()
+            log.warning("could not read the saved state, resuming from the router: %s", describe(exc))
+            return None
+        if record is None:
+            return None
+        state = decode_state(record, [u.name for u in self.config.units], view.weights, now,
+                             self.config.timing.interval_s)
+        if state is not None:
+            self._stored_key = change_key(record)
+            log.info("resuming from the state ConfigMap: %s since %.0f, floors %s, weights %s", state.mode,
+                     state.since, {n: f[0] for n, f in state.floors.items()}, _fmt(view.weights))
+        return state
+
+    def _persist(self, decision: Decision) -> None:
+        """Save the state a restart needs when it changed (best effort: the next reconcile retries)."""
+        if self.state_store is None or self.dry_run:
+            return
+        record = encode_state(decision.state, decision.prewarm)
+        if change_key(record) == self._stored_key:
+            return
+        try:
+            self.state_store.save(record)
+            self._stored_key = change_key(record)
+            self.metrics.patches.labels("state").inc()
+        except Exception as exc:
+            self.metrics.errors.labels("state").inc()
+            log.warning("could not save the state: %s", describe(exc))
+
     def _bootstrap(self, view: RouterView, now: float) -> PolicyState:
+        restored = self._restore(view, now)
+        if restored is not None:
+            return restored
         names = [u.name for u in self.config.units]
         saved = view.saved_state
         if saved and saved.get("mode") in (COST, CAPACITY) and isinstance(saved.get("since"), int | float):
@@ -139,7 +181,7 @@ class Controller:
                 mode=saved["mode"],
                 since=min(float(saved["since"]), now),
                 weights=dict(view.weights),
-                prewarm_until=float(until) if isinstance(until, int | float) else None,
+                prewarm_until=decode_time(until),
             )
             log.info(
                 "resuming from the cluster: %s since %.0f, weights %s", state.mode, state.since, _fmt(view.weights)
@@ -153,7 +195,7 @@ class Controller:
     @staticmethod
     def _state_annotation(state: PolicyState) -> str:
         return json.dumps(
-            {"mode": state.mode, "since": round(state.since, 3), "prewarm_until": state.prewarm_until},
+            {"mode": state.mode, "since": round(state.since, 3), "prewarm_until": encode_time(state.prewarm_until)},
             separators=(",", ":"),
         )
 
@@ -202,6 +244,7 @@ class Controller:
         now = self.clock()
         if self.elector is not None and not self.elector.is_leader:
             self.state = None  # a future leadership resumes from the cluster, not from memory
+            self._stored_key = None
             return self._done(Result("standby", message=f"standing by; lease held by {self.elector.holder()}"))
 
         view = self._retry(self.router.read, "read router", "router")
@@ -306,6 +349,7 @@ class Controller:
             self.metrics.observe_router(written.weights, written.paused)
             view = written
         self.state = decision.state
+        self._persist(decision)
         if decision.switched:
             self.metrics.switches.labels(decision.state.mode).inc()
             if self.events:
@@ -393,6 +437,9 @@ def build(
         prewarm=MinReplicasActuator(kube, config.units) if config.prewarm.enabled else None,
         events=EventRecorder(kube, identity, clock),
         elector=elector,
+        state_store=(ConfigMapStateStore(kube, config.router.namespace, config.state_configmap,
+                                         retry=lambda fn, what: with_retry(fn, signals.backoff, sleep, what))
+                     if config.state_configmap else None),
         metrics=metrics,
         clock=clock,
         sleep=sleep,

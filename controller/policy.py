@@ -69,15 +69,20 @@ class PolicyState:
     since: float  # when the current mode was entered
     cost_headroom_since: float | None = None  # start of the current run of cost-pool headroom
     weights: Mapping[str, int] = field(default_factory=dict)  # weights in effect (last applied)
-    prewarm_until: float | None = None  # keep capacity units pre-warmed until then
+    # Keep capacity units pre-warmed until then; math.inf while the trigger holds (the hold starts
+    # at the last decision that saw the trigger).
+    prewarm_until: float | None = None
     # Replicas each capacity-short unit is credited with: the fewest ready replicas seen since
     # it became short, so capacity-optimized weights drop fast and rise only once it is not short.
     short_capacity: Mapping[str, float] = field(default_factory=dict)
-    # merit-order: replica floors in effect and until when each is held before it may go down.
+    # merit-order: replica floors in effect and until when each is held before it may go down
+    # (math.inf while the plan still wants it). Hold timers only change when what is wanted
+    # changes, so the state that is persisted (controller/state.py) is written on transitions only.
     floors: Mapping[str, tuple[int, float]] = field(default_factory=dict)
     # merit-order: where the last decision planned the demand (config units), the base of the
     # estimate when demand cannot be measured (cluster_demand_estimate).
     planned: Mapping[str, float] = field(default_factory=dict)
+    decided_at: float | None = None  # time of the decision that produced this state
 
 
 @dataclass(frozen=True)
@@ -379,7 +384,9 @@ def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: 
             or mode == CAPACITY
         )
         if trigger:
-            prewarm_until = now + config.prewarm.hold_s
+            prewarm_until = math.inf
+        elif prewarm_until == math.inf:  # the trigger has just ended: hold from the last one
+            prewarm_until = _last_decision(state, now) + config.prewarm.hold_s
         if prewarm_until is not None and now < prewarm_until:
             prewarm = _prewarm_replicas(config, view)
         else:
@@ -393,6 +400,7 @@ def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: 
         weights=dict(weights),
         prewarm_until=prewarm_until,
         short_capacity=view.short_capacity,
+        decided_at=now,
     )
     return Decision(
         state=new_state,
@@ -497,18 +505,33 @@ def _decide_merit_order(
             for u in cost_units:
                 want[u.name] = u.min_replicas
         for u in config.units:
-            value, until = state.floors.get(u.name, (u.min_replicas, now))
-            # Raise at once; lower only once the floor has been held for prewarm.hold_s, and never
-            # on an estimated demand (it errs low when the autoscaler is pinned at the floors).
-            lower = now >= until and not estimated
-            floors[u.name] = (want[u.name], now + config.prewarm.hold_s) if want[u.name] >= value or lower \
-                else (value, until)
+            floors[u.name] = _hold_floor(state, u.name, u.min_replicas, want[u.name], now, config.prewarm.hold_s,
+                                         may_lower=not estimated)
             prewarm[u.name] = floors[u.name][0]
 
     new_state = PolicyState(mode=mode, since=since, cost_headroom_since=headroom_since, weights=dict(weights),
-                            floors=floors, planned=dict(plan.planned_rps))
+                            floors=floors, planned=dict(plan.planned_rps), decided_at=now)
     return Decision(state=new_state, weights=dict(weights), switched=switched, stale=False, reason=why,
                     prewarm=prewarm, demand_rps=demand, planned_rps=dict(plan.planned_rps))
+
+
+def _last_decision(state: PolicyState, now: float) -> float:
+    return state.decided_at if state.decided_at is not None else now
+
+
+def _hold_floor(
+    state: PolicyState, name: str, default: int, want: int, now: float, hold_s: float, may_lower: bool
+) -> tuple[int, float]:
+    """The next (floor, held until) of one unit: raise at once; lower to ``want`` only once the
+    floor has not been wanted for ``hold_s`` (counted from the last decision that wanted it)."""
+    value, until = state.floors.get(name, (default, math.inf))
+    if want >= value:
+        return want, math.inf
+    if until == math.inf:  # wanted until the last decision
+        until = _last_decision(state, now) + hold_s
+    if now >= until and may_lower:
+        return want, math.inf
+    return value, until
 
 
 def _headroom_clock(state: PolicyState, headroom: bool, now: float) -> float | None:

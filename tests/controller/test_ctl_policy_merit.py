@@ -59,11 +59,11 @@ def outage(t, demand=600.0, running=4):
                    capacity_errors=3)
 
 
-def test_merit_order_is_the_default_with_measured_demand_and_needs_it():
+def test_merit_order_is_the_default_with_measured_demand_and_runs_on_the_cluster_estimate_without():
     assert CFG.routing.strategy == "merit-order"
     assert make_config(prometheus=None).routing.strategy == "proportional"
-    with pytest.raises(ConfigError, match="routing.strategy: merit-order needs measured demand"):
-        make_config(prometheus=None, routing={"strategy": "merit-order"})
+    # Without Prometheus it decides from what the cluster shows (cluster_demand_estimate).
+    assert make_config(prometheus=None, routing={"strategy": "merit-order"}).routing.strategy == "merit-order"
     with pytest.raises(ConfigError, match="routing.max_utilisation"):
         make_config(routing={"target_utilisation": 0.8, "max_utilisation": 0.7})
 
