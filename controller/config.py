@@ -100,7 +100,12 @@ class Routing:
 @dataclass(frozen=True)
 class Prometheus:
     url: str
-    # string.Template placeholders: $namespace, $names (regex alternation of unit names).
+    # string.Template placeholders: $namespace, $names (regex alternation of unit names), $router
+    # (the router object's name). The default sums Knative's queue-proxy request counter over the
+    # units' predictor revisions (KServe names the predictor's Knative Service <isvc>-predictor;
+    # metric and labels: knative.dev/docs/serving/services/service-metrics). Requests waiting in
+    # the activator for a unit with no ready pod are not in it yet: with an InferenceGraph router,
+    # count at the router instead (controller/deploy/controller.yaml does).
     query: str = (
         'sum(rate(revision_request_count{namespace_name="$namespace",configuration_name=~"($names)-predictor.*"}[2m]))'
     )

@@ -423,7 +423,7 @@ def build(
     metrics = metrics or Metrics(names, clock=clock, liveness_s=max(120.0, 5 * config.timing.interval_s))
     demand = None
     if config.prometheus is not None:
-        demand = PrometheusDemand(config.prometheus, config.namespace, names)
+        demand = PrometheusDemand(config.prometheus, config.namespace, names, router=config.router.name)
     signals = KubernetesSignals(
         config, kube, demand, sleep=sleep, on_error=lambda source, exc: metrics.errors.labels(source).inc()
     )

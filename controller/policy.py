@@ -61,6 +61,7 @@ class Signals:
     # when nothing serves; while units with weight have ready replicas it is a signal failure (a
     # renamed metric, a Prometheus restart, a scrape that stopped): see measured_demand().
     demand_no_series: bool = False
+    demand_error: str | None = None  # why the demand source gave no figure (for the reason)
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def measured_demand(state: PolicyState, signals: Signals) -> tuple[float | None,
     """
     value = signals.demand_rps
     if value is None:
-        return None, "no demand measurement"
+        return None, "no demand measurement" + (f" ({signals.demand_error})" if signals.demand_error else "")
     try:
         value = float(value)
     except (TypeError, ValueError):

@@ -43,6 +43,7 @@ import logging
 import math
 import string
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -142,6 +143,15 @@ def nodepool_of(name: str, pools: Iterable[str], claim_pools: dict[str, str]) ->
     return best
 
 
+def _prometheus_error(exc: urllib.error.HTTPError) -> str:
+    """The ``error`` Prometheus puts in the body of a failed query (e.g. the PromQL parse error)."""
+    try:
+        body = json.loads(exc.read() or b"{}")
+    except (ValueError, OSError):
+        return str(exc.reason)
+    return f"{body.get('errorType', '')}: {body.get('error', exc.reason)}" if isinstance(body, dict) else str(exc.reason)
+
+
 class PrometheusDemand:
     """Total request rate from a Prometheus instant query (``/api/v1/query``)."""
 
@@ -151,9 +161,12 @@ class PrometheusDemand:
         namespace: str,
         names: Iterable[str],
         opener: Callable[..., object] = urllib.request.urlopen,
+        router: str = "",
     ) -> None:
         self.prom = prom
-        self.query = string.Template(prom.query).safe_substitute(namespace=namespace, names="|".join(sorted(names)))
+        self.query = string.Template(prom.query).safe_substitute(
+            namespace=namespace, names="|".join(sorted(names)), router=router
+        )
         self.opener = opener
 
     def demand_rps(self, now: float) -> float:
@@ -161,6 +174,8 @@ class PrometheusDemand:
         try:
             with self.opener(url, timeout=self.prom.timeout_s) as resp:  # type: ignore[attr-defined]
                 body = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:  # 400 (bad query), 422 (cannot execute), 503 ...
+            raise SignalError(f"prometheus query failed: HTTP {exc.code}: {_prometheus_error(exc)}") from exc
         except Exception as exc:
             raise SignalError(f"prometheus query failed: {exc}") from exc
         if body.get("status") != "success":
@@ -379,4 +394,5 @@ class KubernetesSignals:
                 self.last_demand_error = str(exc)
                 log.warning("demand source failed, estimating demand from the autoscaler: %s", describe(exc))
                 self.on_error("prometheus", exc)
-        return Signals(at=now, units=units, demand_rps=demand, demand_no_series=no_series)
+        return Signals(at=now, units=units, demand_rps=demand, demand_no_series=no_series,
+                       demand_error=self.last_demand_error if demand is None else None)

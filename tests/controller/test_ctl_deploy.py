@@ -217,6 +217,7 @@ def test_rbac_allows_exactly_what_a_failover_and_fallback_use(docs, fake, tmp_pa
     (cm,) = by_kind(docs, "ConfigMap")
     data = yaml.safe_load(cm["data"]["controller.yaml"])
     data["timing"].update(fallback_hold_s=60, min_state_s=60, capacity_error_window_s=60)
+    data["prometheus"]["url"] = "http://127.0.0.1:9"  # no Prometheus here: the cluster estimate (refused at once)
     cfg = parse_config(data)
     from .ctl_world import Clock
 
@@ -252,3 +253,36 @@ def test_rbac_allows_exactly_what_a_failover_and_fallback_use(docs, fake, tmp_pa
         used.add(index)
     unused = [rules[i] for i in range(len(rules)) if i not in used]
     assert unused == [], f"RBAC grants what the controller never used: {unused}"
+
+
+def _controller_env(docs) -> dict[str, str]:
+    (dep,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "inference-traffic-controller"]
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", "") for e in c["env"] if "value" in e}
+
+
+def _deployed_config(docs, tmp_path):
+    (cm,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].startswith("inference-traffic-controller")]
+    path = tmp_path / "controller.yaml"
+    path.write_text(cm["data"]["controller.yaml"])
+    return load_config(path, env=_controller_env(docs))
+
+
+def test_the_deployed_controller_runs_merit_order_on_the_prometheus_of_the_site_settings(tmp_path):
+    """deploy/ (with deploy/settings) ships the strategy the docs advertise, on the site's Prometheus."""
+    docs = render(ROOT / "deploy")
+    (settings,) = yaml.safe_load_all((ROOT / "deploy" / "settings" / "settings.yaml").read_text())
+    cfg = _deployed_config(docs, tmp_path)
+    assert cfg.routing.strategy == "merit-order"
+    assert cfg.prometheus is not None and cfg.prometheus.url == settings["data"]["prometheusURL"]
+    assert cfg.prometheus.query == settings["data"]["prometheusQuery"]
+    # The query counts requests entering the router (Knative queue-proxy labels).
+    assert "revision_request_count" in cfg.prometheus.query and "$router" in cfg.prometheus.query
+
+
+def test_the_controller_base_alone_uses_the_config_files_prometheus(docs, tmp_path):
+    env = _controller_env(docs)
+    assert env["TRAFFIC_CONTROLLER_PROMETHEUS_URL"] == "" and env["TRAFFIC_CONTROLLER_PROMETHEUS_QUERY"] == ""
+    cfg = _deployed_config(docs, tmp_path)
+    assert cfg.routing.strategy == "merit-order"
+    assert cfg.prometheus is not None and cfg.prometheus.url.startswith("http://prometheus-operated.")
