@@ -157,12 +157,18 @@ def cluster_demand_estimate(config: ControllerConfig, state: PolicyState, signal
     activator report (requests buffered for a unit with no ready pod count too), so a unit whose
     autoscaler wants more than the floor the controller gave it carries about
     ``desired * max_throughput * target_utilisation``. A unit held at its floor says nothing about
-    its load: it counts what the last decision planned for it, or, with no plan known (a fresh
-    start), what its ready replicas carry at the target if it gets traffic. The floors set from
-    this estimate therefore cannot feed back into it and ratchet it up.
+    its load (the KPA's desiredScale is clamped to min-scale): it counts what the last decision
+    planned for it, or, with no plan known (a fresh start), what its ready replicas carry at the
+    target if it gets traffic. So the floors set from this estimate cannot feed back into it and
+    ratchet it up. And since a falling load is invisible behind a floor, that planned share decays
+    (half-life ``prewarm.hold_s``): the floors come down, and where the load is real the
+    autoscaler asks for more than the floor again, which the estimate sees at once. Lowering a
+    floor never removes replicas that carry load: the KPA keeps what its observed concurrency needs.
     """
     routed = _routed_units(config, state)
     target = config.routing.target_utilisation
+    elapsed = max(0.0, signals.at - state.decided_at) if state.decided_at is not None else 0.0
+    decay = 0.5 ** (elapsed / config.prewarm.hold_s) if config.prewarm.hold_s > 0 else 1.0
     total = 0.0
     for u in config.units:
         s = signals.units.get(u.name)
@@ -173,7 +179,7 @@ def cluster_demand_estimate(config: ControllerConfig, state: PolicyState, signal
         if s.desired_replicas > floor and (u.name in routed or not state.planned):
             total += min(s.desired_replicas, u.max_replicas) * at_target
         elif state.planned:
-            total += float(state.planned.get(u.name, 0.0))
+            total += float(state.planned.get(u.name, 0.0)) * decay
         elif u.name in routed:
             total += min(s.desired_replicas, s.ready_replicas, u.max_replicas) * at_target
     return total
@@ -434,7 +440,7 @@ def _decide_merit_order(
     estimated = demand is None
     if demand is None:
         # Decide from what the cluster shows rather than hold: holding keeps the weights on a unit
-        # that may have lost every pod. Floors are not lowered on an estimate (see below).
+        # that may have lost every pod.
         demand = cluster_demand_estimate(config, state, signals)
     us = signals.units
     cost_units = config.cost_units
@@ -506,8 +512,7 @@ def _decide_merit_order(
             for u in cost_units:
                 want[u.name] = u.min_replicas
         for u in config.units:
-            floors[u.name] = _hold_floor(state, u.name, u.min_replicas, want[u.name], now, config.prewarm.hold_s,
-                                         may_lower=not estimated)
+            floors[u.name] = _hold_floor(state, u.name, u.min_replicas, want[u.name], now, config.prewarm.hold_s)
             prewarm[u.name] = floors[u.name][0]
 
     new_state = PolicyState(mode=mode, since=since, cost_headroom_since=headroom_since, weights=dict(weights),
@@ -520,9 +525,7 @@ def _last_decision(state: PolicyState, now: float) -> float:
     return state.decided_at if state.decided_at is not None else now
 
 
-def _hold_floor(
-    state: PolicyState, name: str, default: int, want: int, now: float, hold_s: float, may_lower: bool
-) -> tuple[int, float]:
+def _hold_floor(state: PolicyState, name: str, default: int, want: int, now: float, hold_s: float) -> tuple[int, float]:
     """The next (floor, held until) of one unit: raise at once; lower to ``want`` only once the
     floor has not been wanted for ``hold_s`` (counted from the last decision that wanted it)."""
     value, until = state.floors.get(name, (default, math.inf))
@@ -530,7 +533,7 @@ def _hold_floor(
         return want, math.inf
     if until == math.inf:  # wanted until the last decision
         until = _last_decision(state, now) + hold_s
-    if now >= until and may_lower:
+    if now >= until:
         return want, math.inf
     return value, until
 

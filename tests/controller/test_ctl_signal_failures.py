@@ -25,7 +25,7 @@ from controller.policy import (
 from controller.weights import valid_weights
 
 from .test_ctl_policy import CFG as PROPORTIONAL
-from .test_ctl_policy_merit import CFG, G5C, G5T, G6T, INF2, NAMES, TPUT, TRN1, signals
+from .test_ctl_policy_merit import CFG, G5C, G5T, G6T, HOLD, INF2, NAMES, TPUT, TRN1, outage, signals
 
 ALL_TO_INF2 = {n: (100 if n == INF2 else 0) for n in NAMES}
 
@@ -87,15 +87,36 @@ def test_nonsense_demand_is_treated_as_no_measurement(nonsense):
     assert math.isfinite(d.demand_rps) and d.demand_rps > 0 and d.weights[INF2] == 0
 
 
-def test_floors_are_not_lowered_while_demand_is_only_estimated():
-    state = decide(CFG, initial_state(CFG, 0), signals(0, 900.0, inf2_ready=8, desired=8), 0).state
-    held = {n: f[0] for n, f in state.floors.items()}
-    t = 0.0
-    for _ in range(60):  # 30 minutes without a measurement, long past prewarm.hold_s
+def test_without_a_measurement_floors_come_down_after_the_hold_and_back_with_the_load():
+    """Behind a floor a falling load is invisible (the KPA's desired scale is clamped to it): the
+    estimate lets held floors decay after prewarm.hold_s; where the load is real, the autoscaler
+    asks for more than the floor and the estimate (and the floor) follow at once."""
+    state = decide(CFG, initial_state(CFG, 0), outage(0, demand=800.0), 0).state
+    high = state.floors[TRN1][0]
+    assert high >= 3
+    t, seen = 0.0, []
+
+    def pinned(t, state):
+        units = {}
+        for n in NAMES:  # every unit's autoscaler is clamped to its floor; inf2 runs 4 of its pods
+            floor = state.floors[n][0]
+            ready = min(floor, 4) if n == INF2 else floor
+            units[n] = UnitSignals(ready_replicas=ready, desired_replicas=floor, pending_replicas=floor - ready,
+                                   unschedulable_replicas=floor - ready, capacity_errors=3 if n == INF2 else 0)
+        return units
+
+    for _ in range(60):
         t += 30
-        d = decide(CFG, state, signals(t, None, inf2_ready=8, desired=8), t)
-        assert all(d.prewarm[n] >= held[n] for n in NAMES)
+        d = decide(CFG, state, Signals(at=t, units=pinned(t, state), demand_rps=None), t)
+        seen.append((t, d.prewarm[TRN1]))
         state = d.state
+    assert all(v == high for when, v in seen if when < HOLD)
+    assert seen[-1][1] < high
+    units = pinned(t + 30, state)
+    units[TRN1] = UnitSignals(ready_replicas=state.floors[TRN1][0], desired_replicas=high)  # the load is back
+    d = decide(CFG, state, Signals(at=t + 30, units=units, demand_rps=None), t + 30)
+    assert d.demand_rps >= high * TPUT[TRN1] * CFG.routing.target_utilisation
+    assert d.prewarm[TRN1] > seen[-1][1]
 
 
 def test_the_estimate_is_stable_when_it_feeds_back_through_the_floors_it_sets():
