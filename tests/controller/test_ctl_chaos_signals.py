@@ -80,8 +80,9 @@ def test_prometheus_failing_while_the_cost_unit_loses_every_pod_strands_no_traff
         assert sum(world.min_replicas(n) for n in NAMES if n != INF2) > len(NAMES) - 1
 
 
+@pytest.mark.parametrize("how", ["down", "slow", "empty"])
 @pytest.mark.parametrize("phase", ["before", "during", "recovering"])
-def test_prometheus_down_at_each_phase_of_an_outage(world, clock, phase):
+def test_prometheus_failing_at_each_phase_of_an_outage(world, clock, phase, how):
     """Prometheus fails before the outage, in the middle of it, or while inf2 comes back."""
     with _Prom() as prom:
         prom.answer["data"]["result"] = GOOD
@@ -94,7 +95,7 @@ def test_prometheus_down_at_each_phase_of_an_outage(world, clock, phase):
         fail_at = {"before": 0, "during": 2, "recovering": 3}[phase]
         for i, change in enumerate(script):
             if i == fail_at:
-                prom.code = 503
+                break_prometheus(prom, how)
             change(world)
             clock.advance(INTERVAL)
             ctl.step()

@@ -19,6 +19,7 @@ from controller.state import KEY, change_key, decode_state, encode_state
 
 from .ctl_fakeapi import FakeKube
 from .ctl_world import INTERVAL, NAMES, NS, Clock, World
+from .test_ctl_chaos_signals import assert_nothing_stranded
 from .test_ctl_signals import _Prom
 
 INF2 = "sd21-inf2"
@@ -63,6 +64,7 @@ def run(tmp_path, restart_after: int | None, strategy: str = "merit-order", **co
                 demand(prom, rps)
             result = ctl.step()
             assert result.action not in ("standby", "error"), (i, result.message)
+            assert_nothing_stranded(world)
             trajectory.append((world.weights(), {n: world.min_replicas(n) for n in NAMES}, ctl.state.mode))
             if i == restart_after:  # killed: the Lease is not released
                 clock.advance(5)
