@@ -129,6 +129,7 @@ class Controller:
         status = result.as_dict()
         status["leader"] = self.elector.is_leader if self.elector else True
         status["signal_age_s"] = (self.clock() - self.last_signals_at) if self.last_signals_at else None
+        status["degraded"] = list(getattr(self.signals, "degraded", []))  # sources decided without
         status["at"] = self.clock()
         self.metrics.status = status
         self.metrics.last_reconcile.set(self.clock())

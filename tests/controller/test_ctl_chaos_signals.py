@@ -118,6 +118,7 @@ def test_pod_list_failing_falls_back_to_the_autoscalers_ready_count(world, clock
         assert world.weights()[INF2] == 0
         assert_nothing_stranded(world)
         assert any("list pods" in d for d in ctl.signals.degraded)
+        assert any("list pods" in d for d in ctl.metrics.status["degraded"])  # /status says so
 
 
 def test_events_and_nodeclaims_failing_still_fail_over_on_unschedulable_pods(world, clock):
@@ -185,3 +186,21 @@ def test_a_paused_router_is_left_alone_even_when_a_unit_has_no_ready_replica(wor
         clock.advance(INTERVAL)
         assert ctl.step().action == "paused"
         assert world.weights() == before
+
+
+def test_inference_service_reads_failing_or_without_status_fall_back_to_the_pods(world, clock):
+    with _Prom() as prom:
+        prom.answer["data"]["result"] = GOOD
+        ctl = merit_controller(world, prom)
+        world.set_unit(INF2, ready=4, desired=4)
+        ctl.step()
+        # sd21-trn1's InferenceService has no status yet; every InferenceService GET fails.
+        world.fake.edit("serving.kserve.io/v1beta1", "InferenceService", "sd21-trn1", NS,
+                        lambda o: o.pop("status", None))
+        world.fake.fail(r"/inferenceservices/", status=500, times=1000, method="GET")
+        lose_every_inf2_pod(world)
+        clock.advance(INTERVAL)
+        r = ctl.step()
+        assert not r.decision.stale and world.weights()[INF2] == 0
+        assert_nothing_stranded(world)
+        assert any("get InferenceService" in d for d in ctl.signals.degraded)
