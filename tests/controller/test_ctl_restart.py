@@ -81,7 +81,7 @@ def uninterrupted(tmp_path_factory):
     return run(tmp_path_factory.mktemp("run"), None)
 
 
-@pytest.mark.parametrize("restart_after", [3, 5, 8, 12, 16, 20])
+@pytest.mark.parametrize("restart_after", [3, 5, 8, 12, 15, 16, 20])  # 15: Prometheus down on the first step after
 def test_a_restart_at_any_step_of_a_failover_changes_no_weight_and_no_floor(tmp_path, uninterrupted,
                                                                              restart_after):
     restarted = run(tmp_path, restart_after)
