@@ -142,6 +142,22 @@ def measured_demand(state: PolicyState, signals: Signals) -> tuple[float | None,
     return value, ""
 
 
+def autoscaler_demand_floor(config: ControllerConfig, state: PolicyState, signals: Signals) -> float:
+    """Load the autoscalers are provably scaled for: a KPA that wants ``desired`` replicas above
+    the floor the controller gave it sees more than ``desired - 1`` replicas' worth of load at the
+    target (it rounds up). A measurement below that misses requests: a rate over a window that
+    is only partly filled after a Prometheus restart, or a query that matches only some series."""
+    total = 0.0
+    for u in config.units:
+        s = signals.units.get(u.name)
+        if s is None:
+            continue
+        floor = state.floors.get(u.name, (u.min_replicas, 0.0))[0]
+        if s.desired_replicas > floor:
+            total += (min(s.desired_replicas, u.max_replicas) - 1) * u.max_throughput * config.routing.target_utilisation
+    return total
+
+
 def _routed_units(config: ControllerConfig, state: PolicyState) -> set[str]:
     """Units that currently get traffic; when the weights are unknown, those the mode routes to."""
     routed = {name for name, w in state.weights.items() if w > 0}
@@ -437,6 +453,12 @@ def _decide_merit_order(
     timing = config.timing
     routing = config.routing
     demand, untrusted = measured_demand(state, signals)
+    # Half: the KPA keeps its replicas for a while after the load drops (stable window, scale-down
+    # delay), so only a measurement far below what it is scaled for is a missing measurement.
+    if demand is not None and demand < 0.5 * (least := autoscaler_demand_floor(config, state, signals)):
+        untrusted = (f"measured {_fmt(demand)} {config.rate_unit} is less than the {_fmt(least)} the autoscalers "
+                     "are scaled for")
+        demand = None
     estimated = demand is None
     if demand is None:
         # Decide from what the cluster shows rather than hold: holding keeps the weights on a unit

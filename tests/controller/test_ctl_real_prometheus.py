@@ -97,14 +97,15 @@ class Exporter:
 
 
 class RealPrometheus:
-    def __init__(self, binary: str, promtool: str, exporter: Exporter, tmp: Path) -> None:
+    def __init__(self, binary: str, promtool: str, exporter: Exporter, tmp: Path, history: bool = True) -> None:
         data = tmp / "tsdb"
         data.mkdir()
-        history = tmp / "history.om"
-        history.write_text(exporter.history(time.time() - 5))
-        out = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(history), str(data)],
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr + out.stdout
+        if history:  # without: a Prometheus that has just (re)started with no storage
+            om = tmp / "history.om"
+            om.write_text(exporter.history(time.time() - 5))
+            out = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(om), str(data)],
+                                 capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr + out.stdout
         config = tmp / "prometheus.yml"
         config.write_text(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
@@ -152,17 +153,27 @@ class RealPrometheus:
                 self.proc.wait()
 
 
-@pytest.fixture
-def prometheus(tmp_path):
+def _prometheus(tmp_path, history: bool):
     binary, promtool = require_binary("prometheus"), require_binary("promtool")
     exporter = Exporter(start=time.time() - HISTORY_S)
-    prom = RealPrometheus(binary, promtool, exporter, tmp_path)
+    prom = RealPrometheus(binary, promtool, exporter, tmp_path, history=history)
     prom.exporter = exporter
     try:
         yield prom
     finally:
         prom.stop()
         exporter.close()
+
+
+@pytest.fixture
+def prometheus(tmp_path):
+    yield from _prometheus(tmp_path, history=True)
+
+
+@pytest.fixture
+def fresh_prometheus(tmp_path):
+    """Prometheus just restarted without persistent storage: a few seconds of samples."""
+    yield from _prometheus(tmp_path, history=False)
 
 
 def deployed_prometheus(url: str) -> Prometheus:
@@ -219,3 +230,25 @@ def test_the_controller_routes_on_the_measurement_and_strands_nothing_when_it_go
     assert "estimated from the autoscaler" in r.decision.reason and "prometheus query failed" in r.decision.reason
     assert world.weights()[INF2] > 0  # its two ready replicas serve again, demand or not
     assert sum(world.weights().values()) == 100
+
+
+def test_a_freshly_restarted_prometheus_underestimates_and_the_controller_does_not_believe_it(world, clock,
+                                                                                               fresh_prometheus):
+    """rate(...[2m]) over the few seconds a restarted Prometheus has is a fraction of the real rate.
+    inf2's autoscaler is scaled for far more: the controller decides from the cluster instead."""
+    query = load_config(ROOT / "controller" / "deploy" / "controller.yaml").prometheus.query
+    src = PrometheusDemand(Prometheus(url=fresh_prometheus.url, query=query), NS, NAMES, router="sd21-router")
+    deadline = time.monotonic() + 30
+    while True:  # the second scrape gives rate() its first value
+        try:
+            partial = src.demand_rps(time.time())
+            break
+        except NoSeries:
+            assert time.monotonic() < deadline, "no rate after 30 s"
+            time.sleep(0.5)
+    assert partial < ROUTER_RPS / 2  # what the engine answers this early
+    ctl = world.controller(prometheus={"url": fresh_prometheus.url, "timeout_s": 2, "query": query})
+    world.set_unit(INF2, ready=6, desired=6)  # its KPA sees the real load
+    r = ctl.step()
+    assert "is less than the" in r.decision.reason and "estimated from the autoscaler" in r.decision.reason
+    assert r.decision.demand_rps >= 6 * 105 * 0.7

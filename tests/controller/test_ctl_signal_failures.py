@@ -200,3 +200,13 @@ def test_random_signal_failures_never_leave_weight_on_a_unit_without_ready_repli
             for u in CFG.units:
                 assert u.min_replicas <= d.prewarm[u.name] <= u.max_replicas
         state = d.state
+
+
+def test_a_measurement_far_below_what_the_autoscalers_are_scaled_for_is_not_believed():
+    """A partly filled rate window (Prometheus restarted) or a query missing series reads low."""
+    state = decide(CFG, initial_state(CFG, 0), signals(0, 600.0, inf2_ready=8, desired=8), 0).state
+    low = decide(CFG, state, signals(30, 60.0, inf2_ready=8, desired=8), 30)  # inf2's KPA wants 8
+    assert "is less than the" in low.reason and low.demand_rps > 7 * TPUT[INF2] * 0.7
+    # A real drop shows up at the autoscaler too (or is within the KPA's lag): it is believed.
+    fell = decide(CFG, state, signals(30, 300.0, inf2_ready=8, desired=8), 30)
+    assert fell.demand_rps == 300.0 and "estimated" not in fell.reason
