@@ -178,8 +178,8 @@ class PrometheusDemand:
             raise SignalError(f"prometheus query failed: HTTP {exc.code}: {_prometheus_error(exc)}") from exc
         except Exception as exc:
             raise SignalError(f"prometheus query failed: {exc}") from exc
-        if body.get("status") != "success":
-            raise SignalError(f"prometheus query failed: {body.get('error') or body}")
+        if not isinstance(body, dict) or body.get("status") != "success":
+            raise SignalError(f"prometheus query failed: {body.get('error') if isinstance(body, dict) else body!r}")
         data = body.get("data") or {}
         result = data.get("result")
         if data.get("resultType") == "scalar" and isinstance(result, list):

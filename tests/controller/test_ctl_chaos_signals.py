@@ -54,13 +54,15 @@ def break_prometheus(prom, how: str) -> None:
         prom.answer = {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [0, "-3"]}]}}
     elif how == "garbage":
         prom.answer = {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}}]}}
+    elif how == "not-an-object":
+        prom.answer = ["not", "a", "prometheus", "answer"]
 
 
 def merit_controller(world, prom, **overrides):
     return world.controller(prometheus={"url": prom.url, "timeout_s": 1}, **overrides)
 
 
-@pytest.mark.parametrize("how", ["down", "slow", "empty", "nan", "negative", "garbage"])
+@pytest.mark.parametrize("how", ["down", "slow", "empty", "nan", "negative", "garbage", "not-an-object"])
 def test_prometheus_failing_while_the_cost_unit_loses_every_pod_strands_no_traffic(world, clock, how):
     with _Prom() as prom:
         prom.answer["data"]["result"] = GOOD
