@@ -194,7 +194,8 @@ def test_persistent_api_errors_hold_weights_and_the_next_reconcile_recovers(worl
     ctl = world.controller()
     ctl.step()
     world.inf2_outage()
-    world.fake.fail(r"/pods$", status=500, times=100, method="GET")
+    # Neither the pods nor the autoscalers (their fallback) can be listed: nothing is known.
+    world.fake.fail(r"/(pods|podautoscalers)$", status=500, times=100, method="GET")
     clock.advance(INTERVAL)
     r = ctl.step()
     assert r.action == "unavailable" and "holding weights" in r.message
