@@ -51,7 +51,9 @@ def run(tmp_path, restart_after: int | None, strategy: str = "merit-order", **co
         overrides = {"prometheus": {"url": prom.url, "timeout_s": 1}, "routing": {"strategy": strategy}, **config}
         ctl = world.controller("ctl-a", **overrides)
         trajectory = []
+        weights_before = world.weights()
         for i, (what, rps) in enumerate(SCRIPT):
+            router_rollouts = len(fake.rollouts)
             if what == "healthy":
                 world.set_unit(INF2, ready=4, desired=4)
             elif what == "outage" and (i == 0 or SCRIPT[i - 1][0] != "outage"):
@@ -65,7 +67,16 @@ def run(tmp_path, restart_after: int | None, strategy: str = "merit-order", **co
             result = ctl.step()
             assert result.action not in ("standby", "error"), (i, result.message)
             assert_nothing_stranded(world)
-            trajectory.append((world.weights(), {n: world.min_replicas(n) for n in NAMES}, ctl.state.mode))
+            # The router (an InferenceGraph: every edit, annotations included, rolls out a router
+            # revision) is written only when the weights change, the first step after a restart too;
+            # floors (restored ones included) go to the Revisions' autoscalers, never the
+            # InferenceServices, so no unit is rolled out.
+            weights = world.weights()
+            if config.get("state_configmap") != "":  # (without it the annotations are the only record)
+                assert len(fake.rollouts) - router_rollouts == (weights != weights_before), (i, fake.rollouts)
+            assert fake.unit_rollouts() == [] and fake.writes("/inferenceservices/") == [], i
+            weights_before = weights
+            trajectory.append((weights, {n: world.min_replicas(n) for n in NAMES}, ctl.state.mode))
             if i == restart_after:  # killed: the Lease is not released
                 clock.advance(5)
                 ctl = world.controller("ctl-b", **overrides)  # the new pod sees ctl-a's Lease ...
