@@ -4,16 +4,19 @@ One :meth:`Controller.reconcile`:
 
 1. Stand by unless this replica holds the Lease.
 2. Read the router (weights + the controller's annotations). On the first reconcile as leader,
-   rebuild the policy state from the cluster (the ``state`` annotation, else inferred from the
-   weights), so a crash-restart or a new leader resumes where the last one left off.
-3. Read the signals. If they cannot be read, or :func:`controller.policy.decide` calls them stale,
-   hold everything and say so (log, /status, ``traffic_controller_signals_stale``).
+   restore the policy state from the state ConfigMap (:mod:`controller.state`; else the ``state``
+   annotation, else inferred from the weights), so a crash-restart or a new leader resumes where
+   the last one left off.
+3. Read the signals. If they cannot be read, hold everything and say so. If
+   :func:`controller.policy.decide` calls them stale, hold the state and only take weight off
+   units they show without a ready replica (log, /status, ``traffic_controller_signals_stale``).
 4. If the router is paused, or a person changed the weights since the controller last wrote them,
    leave the weights alone (and pause, recording why).
 5. Set the units' replica floors (without a rollout: :class:`controller.actuators.FloorActuator`),
    then patch the weights only if they change, with the previous weights and the state in
-   annotations. A conflict (409) re-reads once and writes again unless the weights changed in
-   between. Record an Event on a mode switch.
+   annotations (never annotations alone: an InferenceGraph edit rolls out a router revision). A
+   conflict (409) re-reads once and writes again unless the weights changed in between. Save the
+   policy state to its ConfigMap when it changed. Record an Event on a mode switch.
 
 Only the leader writes: the Lease is renewed on its own thread (:meth:`LeaseElector.run`), and
 every write goes through ``Kube.fence`` (:meth:`LeaseElector.fence`), so a reconcile that outlives

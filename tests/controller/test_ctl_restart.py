@@ -10,7 +10,10 @@ weights, the floors (``minReplicas``) and the mode after every step must be the 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import threading
+import time
 
 import pytest
 
@@ -43,9 +46,11 @@ SCRIPT = (
 )
 
 
-def run(tmp_path, restart_after: int | None, strategy: str = "merit-order", **config) -> list[tuple]:
+def run(
+    tmp_path, restart_after: int | None, strategy: str = "merit-order", knative=(1, 21), **config
+) -> list[tuple]:
     """The trajectory of one run: (weights, floors, mode in the state) after each step."""
-    with FakeKube() as fake, _Prom() as prom:
+    with FakeKube(knative_version=knative) as fake, _Prom() as prom:
         clock = Clock()
         world = World(fake, clock, fake.write_kubeconfig(tmp_path / f"kc-{restart_after}", NS))
         overrides = {"prometheus": {"url": prom.url, "timeout_s": 1}, "routing": {"strategy": strategy}, **config}
@@ -100,6 +105,12 @@ def test_a_restart_at_any_step_of_a_failover_changes_no_weight_and_no_floor(tmp_
         assert got == want, f"step {step} (restart after step {restart_after}): {SCRIPT[step]}"
 
 
+def test_restored_floors_go_to_the_podautoscalers_on_knative_before_1_21(tmp_path, uninterrupted):
+    """Floors restored from the ConfigMap take the same path as any floor (FloorActuator): the
+    PodAutoscaler's min-scale there, never the InferenceService (run() asserts no unit rollout)."""
+    assert run(tmp_path, 8, knative=(1, 15)) == uninterrupted
+
+
 def test_the_comparison_can_fail_a_restart_without_the_saved_state_changes_floors(tmp_path, uninterrupted):
     """Resuming from the router's annotations alone (mode and since) loses the held floors."""
     modes = [mode for _, _, mode in uninterrupted]
@@ -146,3 +157,36 @@ def test_state_records_round_trip():
     assert change_key(encode_state(state)) == change_key(encode_state(
         PolicyState(**{**state.__dict__, "planned": {"a": 1.0}, "decided_at": 5.0})))
     assert decode_state({"version": 99}, ["a"], {}, 0, 30) is None
+
+
+def test_a_standby_on_its_lease_thread_takes_over_from_the_state_configmap(fake, tmp_path, caplog):
+    """As deployed: the standby runs Controller.run, its Lease renewed on its own thread. The leader
+    fails over and dies without releasing the Lease; the standby takes over once the Lease expires,
+    resumes from the state ConfigMap the leader saved (fenced writes, the leader's only), and rolls
+    out no router revision except with a weight change."""
+    from .test_ctl_leader import REALTIME
+
+    world = World(fake, time.time, fake.write_kubeconfig(tmp_path / "kc", NS))
+    a = world.controller("ctl-a", **REALTIME)
+    assert a.step().action == "unchanged"
+    world.inf2_outage()
+    assert a.step().decision.switched
+    assert json.loads(world.fake.get("v1", "ConfigMap", STATE_CM, NS)["data"][KEY])["mode"] == CAPACITY
+    b = world.controller("ctl-b", **REALTIME)
+    stop = threading.Event()
+    thread = threading.Thread(target=b.run, args=(stop,), daemon=True)
+    with caplog.at_level(logging.INFO, logger="controller.loop"):
+        thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (b.last_result is None or b.last_result.action == "standby"):
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+    assert b.last_result is not None and b.last_result.action in ("unchanged", "applied"), b.last_result
+    assert b.state.mode == CAPACITY
+    assert "resuming from the state ConfigMap" in caplog.text
+    assert world.fake.non_leader_writes(REALTIME["lease"]["name"]) == []
+    assert world.fake.unit_rollouts() == []
+    assert len(world.fake.rollouts) == world.graph_weight_writes()  # router rollouts = weight changes
