@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -68,7 +69,7 @@ def _run(argv: list[str]) -> int:
     args = _run_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, env=os.environ)  # site settings may set the Prometheus URL
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

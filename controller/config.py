@@ -100,7 +100,12 @@ class Routing:
 @dataclass(frozen=True)
 class Prometheus:
     url: str
-    # string.Template placeholders: $namespace, $names (regex alternation of unit names).
+    # string.Template placeholders: $namespace, $names (regex alternation of unit names), $router
+    # (the router object's name). The default sums Knative's queue-proxy request counter over the
+    # units' predictor revisions (KServe names the predictor's Knative Service <isvc>-predictor;
+    # metric and labels: knative.dev/docs/serving/services/service-metrics). Requests waiting in
+    # the activator for a unit with no ready pod are not in it yet: with an InferenceGraph router,
+    # count at the router instead (controller/deploy/controller.yaml does).
     query: str = (
         'sum(rate(revision_request_count{namespace_name="$namespace",configuration_name=~"($names)-predictor.*"}[2m]))'
     )
@@ -137,6 +142,9 @@ class ControllerConfig:
     prewarm: Prewarm = field(default_factory=Prewarm)
     routing: Routing = field(default_factory=Routing)
     lease: Lease = field(default_factory=Lease)
+    # ConfigMap (in the router's namespace) that keeps the policy state across restarts
+    # (controller/state.py); empty: not persisted beyond the router's annotations.
+    state_configmap: str = "inference-traffic-controller-state"
     metrics_port: int = 8080
     metrics_host: str = "0.0.0.0"
     # Unit of max_throughput (and of demand in plan/simulate): requests per "second" or per
@@ -385,8 +393,6 @@ def _parse_routing(raw: Any, measured_demand: bool) -> Routing:
     strategy = data.get("strategy", "merit-order" if measured_demand else "proportional")
     if strategy not in STRATEGIES:
         raise _err(f"{path}.strategy", f"must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    if strategy == "merit-order" and not measured_demand:
-        raise _err(f"{path}.strategy", "merit-order needs measured demand: set prometheus.url")
     target = _number(data.get("target_utilisation", Routing.target_utilisation), f"{path}.target_utilisation",
                      gt=0, le=1)
     highest = _number(data.get("max_utilisation", Routing.max_utilisation), f"{path}.max_utilisation", gt=0, le=1)
@@ -425,7 +431,26 @@ _TOP_KEYS = {
     "metrics_port",
     "metrics_host",
     "throughput_per",
+    "state_configmap",
 }
+
+# Site settings that deploy/settings hands to the controller's Deployment as environment
+# variables (the config file itself is a generated ConfigMap that kustomize cannot edit inside).
+ENV_OVERRIDES = {
+    "TRAFFIC_CONTROLLER_PROMETHEUS_URL": ("prometheus", "url"),
+    "TRAFFIC_CONTROLLER_PROMETHEUS_QUERY": ("prometheus", "query"),
+}
+
+
+def apply_env(data: Mapping, env: Mapping[str, str]) -> dict:
+    """``data`` with the non-empty ENV_OVERRIDES found in ``env`` set (a copy)."""
+    out = dict(data)
+    for var, (section, key) in ENV_OVERRIDES.items():
+        value = env.get(var, "").strip()
+        if value:
+            sub = out.get(section)
+            out[section] = {**(sub if isinstance(sub, Mapping) else {}), key: value}
+    return out
 
 
 def parse_config(data: Mapping) -> ControllerConfig:
@@ -485,11 +510,21 @@ def parse_config(data: Mapping) -> ControllerConfig:
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         throughput_per=per,
+        state_configmap=_state_configmap(data.get("state_configmap", ControllerConfig.state_configmap)),
     )
 
 
-def load_config(path: str | Path) -> ControllerConfig:
-    """Read a YAML file and validate it. File and YAML errors are ConfigErrors too."""
+def _state_configmap(value: Any) -> str:
+    if value in (None, ""):
+        return ""
+    return _str(value, "state_configmap", dns=True)
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> ControllerConfig:
+    """Read a YAML file and validate it. File and YAML errors are ConfigErrors too.
+
+    ``env`` (the process environment when run from the CLI) may override the Prometheus URL and
+    query (:data:`ENV_OVERRIDES`)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -501,4 +536,6 @@ def load_config(path: str | Path) -> ControllerConfig:
         raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
     if data is None:
         raise ConfigError(f"{p}: config file is empty")
+    if env is not None and isinstance(data, Mapping):
+        data = apply_env(data, env)
     return parse_config(data)

@@ -228,6 +228,18 @@ class Kube:
             or []
         )
 
+    # ---- configmaps (the controller's persisted state, controller/state.py)
+    def get_configmap(self, namespace: str, name: str) -> dict | None:
+        return self._call_or_none(self.core.read_namespaced_config_map, name, namespace)
+
+    def create_configmap(self, namespace: str, body: dict) -> dict:
+        return self._call(self.core.create_namespaced_config_map, namespace, body, _write=True)
+
+    def patch_configmap(self, namespace: str, name: str, body: dict) -> dict:
+        return self._call(
+            self.core.patch_namespaced_config_map, name, namespace, body, _content_type=MERGE_PATCH, _write=True
+        )
+
     # ---- ingress
     def get_ingress(self, namespace: str, name: str) -> dict | None:
         return self._call_or_none(self.networking.read_namespaced_ingress, name, namespace)

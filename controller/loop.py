@@ -4,16 +4,19 @@ One :meth:`Controller.reconcile`:
 
 1. Stand by unless this replica holds the Lease.
 2. Read the router (weights + the controller's annotations). On the first reconcile as leader,
-   rebuild the policy state from the cluster (the ``state`` annotation, else inferred from the
-   weights), so a crash-restart or a new leader resumes where the last one left off.
-3. Read the signals. If they cannot be read, or :func:`controller.policy.decide` calls them stale,
-   hold everything and say so (log, /status, ``traffic_controller_signals_stale``).
+   restore the policy state from the state ConfigMap (:mod:`controller.state`; else the ``state``
+   annotation, else inferred from the weights), so a crash-restart or a new leader resumes where
+   the last one left off.
+3. Read the signals. If they cannot be read, hold everything and say so. If
+   :func:`controller.policy.decide` calls them stale, hold the state and only take weight off
+   units they show without a ready replica (log, /status, ``traffic_controller_signals_stale``).
 4. If the router is paused, or a person changed the weights since the controller last wrote them,
    leave the weights alone (and pause, recording why).
 5. Set the units' replica floors (without a rollout: :class:`controller.actuators.FloorActuator`),
    then patch the weights only if they change, with the previous weights and the state in
-   annotations. A conflict (409) re-reads once and writes again unless the weights changed in
-   between. Record an Event on a mode switch.
+   annotations (never annotations alone: an InferenceGraph edit rolls out a router revision). A
+   conflict (409) re-reads once and writes again unless the weights changed in between. Save the
+   policy state to its ConfigMap when it changed. Record an Event on a mode switch.
 
 Only the leader writes: the Lease is renewed on its own thread (:meth:`LeaseElector.run`), and
 every write goes through ``Kube.fence`` (:meth:`LeaseElector.fence`), so a reconcile that outlives
@@ -54,6 +57,7 @@ from controller.leader import LeaseElector, default_identity
 from controller.metrics import HealthServer, Metrics
 from controller.policy import CAPACITY, COST, Decision, PolicyState, decide, with_weights
 from controller.signals import KubernetesSignals, PrometheusDemand, SignalSource
+from controller.state import ConfigMapStateStore, change_key, decode_state, decode_time, encode_state, encode_time
 from controller.weights import valid_weights
 
 log = logging.getLogger(__name__)
@@ -101,8 +105,11 @@ class Controller:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         dry_run: bool = False,
+        state_store: ConfigMapStateStore | None = None,
     ) -> None:
         self.config = config
+        self.state_store = state_store
+        self._stored_key: dict | None = None  # change_key of what the state store holds
         self.signals = signals
         self.router = router
         self.prewarm = prewarm
@@ -124,12 +131,58 @@ class Controller:
         status = result.as_dict()
         status["leader"] = self.elector.is_leader if self.elector else True
         status["signal_age_s"] = (self.clock() - self.last_signals_at) if self.last_signals_at else None
+        status["degraded"] = list(getattr(self.signals, "degraded", []))  # sources decided without
         status["at"] = self.clock()
         self.metrics.status = status
         self.metrics.last_reconcile.set(self.clock())
         return result
 
+    def _restore(self, view: RouterView, now: float) -> PolicyState | None:
+        """The state the state ConfigMap holds (None without one, or when it cannot be read)."""
+        if self.state_store is None:
+            return None
+        try:
+            record = self.state_store.load()
+        except Exception as exc:
+            self.metrics.errors.labels("state").inc()
+            log.warning("could not read the saved state, resuming from the router: %s", describe(exc))
+            return None
+        if record is None:
+            return None
+        state = decode_state(record, [u.name for u in self.config.units], view.weights, now,
+                             self.config.timing.interval_s)
+        if state is not None:
+            self._stored_key = change_key(record)
+            log.info("resuming from the state ConfigMap: %s since %.0f, floors %s, weights %s", state.mode,
+                     state.since, {n: f[0] for n, f in state.floors.items()}, _fmt(view.weights))
+        return state
+
+    def _persist(self, decision: Decision) -> None:
+        """Save the state a restart needs when it changed (best effort: the next reconcile retries)."""
+        if self.state_store is None or self.dry_run:
+            return
+        record = encode_state(decision.state, decision.prewarm)
+        if change_key(record) == self._stored_key:
+            return
+        try:
+            self.state_store.save(record)
+            self._stored_key = change_key(record)
+            self.metrics.patches.labels("state").inc()
+        except NotLeader:
+            raise  # fenced like every write: the reconcile stops and stands by
+        except Exception as exc:
+            self.metrics.errors.labels("state").inc()
+            log.warning("could not save the state: %s", describe(exc))
+
+    def _stored_weights(self) -> dict[str, int] | None:
+        """The weights recorded in the state ConfigMap (restored or last saved), if any."""
+        weights = (self._stored_key or {}).get("weights")
+        return dict(weights) if isinstance(weights, dict) else None
+
     def _bootstrap(self, view: RouterView, now: float) -> PolicyState:
+        restored = self._restore(view, now)
+        if restored is not None:
+            return restored
         names = [u.name for u in self.config.units]
         saved = view.saved_state
         if saved and saved.get("mode") in (COST, CAPACITY) and isinstance(saved.get("since"), int | float):
@@ -138,7 +191,7 @@ class Controller:
                 mode=saved["mode"],
                 since=min(float(saved["since"]), now),
                 weights=dict(view.weights),
-                prewarm_until=float(until) if isinstance(until, int | float) else None,
+                prewarm_until=decode_time(until),
             )
             log.info(
                 "resuming from the cluster: %s since %.0f, weights %s", state.mode, state.since, _fmt(view.weights)
@@ -152,7 +205,7 @@ class Controller:
     @staticmethod
     def _state_annotation(state: PolicyState) -> str:
         return json.dumps(
-            {"mode": state.mode, "since": round(state.since, 3), "prewarm_until": state.prewarm_until},
+            {"mode": state.mode, "since": round(state.since, 3), "prewarm_until": encode_time(state.prewarm_until)},
             separators=(",", ":"),
         )
 
@@ -206,6 +259,7 @@ class Controller:
     def reconcile(self) -> Result:
         if self.elector is not None and not self.elector.is_leader:
             self.state = None  # a future leadership resumes from the cluster, not from memory
+            self._stored_key = None
             return self._done(Result("standby", message=f"standing by; lease held by {self.elector.holder()}"))
         try:
             return self._reconcile()
@@ -244,13 +298,17 @@ class Controller:
         self.metrics.observe_decision(decision, self.config.per_second)
         if decision.stale:
             log.warning("%s", decision.reason)
-            return self._done(Result("stale", decision, decision.reason))
+            if decision.weights == view.weights:
+                return self._done(Result("stale", decision, decision.reason))
+            # Stale signals still take traffic off units without a ready replica: write that.
         if self.elector is not None and not self.elector.is_leader:
             # Reading took so long that the lease may have passed to another replica: do not write.
             self.state = None
             return self._done(Result("standby", decision, "lease expired while reading signals; not acting"))
 
-        applied = view.applied
+        # What the controller last set: the router's annotation, else (never written with a weight
+        # change yet) the weights in the state ConfigMap.
+        applied = view.applied if view.applied is not None else self._stored_weights()
         hand_set_others = {k: v for k, v in view.others.items() if v}
         if view.paused:
             if applied != view.weights and not self.dry_run:
@@ -306,7 +364,13 @@ class Controller:
                 "router entries outside the configured units carry weight (%s); setting them to 0",
                 _fmt(hand_set_others),
             )
-        if change or saved is None or saved.get("mode") != decision.state.mode or applied is None:
+        # Router annotations go with weight changes only: KServe copies an InferenceGraph's
+        # annotations into the router's revision template, so an annotation-only write rolls out
+        # a router revision. Without a state ConfigMap they are the only record (mode, applied).
+        bookkeeping = self.state_store is None and (
+            saved is None or saved.get("mode") != decision.state.mode or applied is None
+        )
+        if change or bookkeeping:
             annotations: dict[str, str | None] = {
                 STATE: self._state_annotation(decision.state),
                 APPLIED: dump_weights(decision.weights),
@@ -321,6 +385,7 @@ class Controller:
             self.metrics.observe_router(written.weights, written.paused)
             view = written
         self.state = decision.state
+        self._persist(decision)
         if decision.switched:
             self.metrics.switches.labels(decision.state.mode).inc()
             if self.events:
@@ -420,7 +485,7 @@ def build(
     kube.set_identity(identity)
     demand = None
     if config.prometheus is not None:
-        demand = PrometheusDemand(config.prometheus, config.namespace, names)
+        demand = PrometheusDemand(config.prometheus, config.namespace, names, router=config.router.name)
     signals = KubernetesSignals(
         config, kube, demand, sleep=sleep, on_error=lambda source, exc: metrics.errors.labels(source).inc()
     )
@@ -443,6 +508,11 @@ def build(
         prewarm=FloorActuator(kube, config.units) if config.prewarm.enabled else None,
         events=EventRecorder(kube, identity, clock),
         elector=elector,
+        state_store=(
+            ConfigMapStateStore(kube, config.router.namespace, config.state_configmap)
+            if config.state_configmap
+            else None
+        ),
         metrics=metrics,
         clock=clock,
         sleep=sleep,

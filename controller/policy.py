@@ -57,6 +57,11 @@ class Signals:
     at: float  # epoch seconds when observed
     units: Mapping[str, UnitSignals]
     demand_rps: float | None = None  # total request rate; None = estimate from the autoscaler
+    # The demand query returned no series at all (demand_rps is then 0.0). That is zero demand only
+    # when nothing serves; while units with weight have ready replicas it is a signal failure (a
+    # renamed metric, a Prometheus restart, a scrape that stopped): see measured_demand().
+    demand_no_series: bool = False
+    demand_error: str | None = None  # why the demand source gave no figure (for the reason)
 
 
 @dataclass(frozen=True)
@@ -65,12 +70,20 @@ class PolicyState:
     since: float  # when the current mode was entered
     cost_headroom_since: float | None = None  # start of the current run of cost-pool headroom
     weights: Mapping[str, int] = field(default_factory=dict)  # weights in effect (last applied)
-    prewarm_until: float | None = None  # keep capacity units pre-warmed until then
+    # Keep capacity units pre-warmed until then; math.inf while the trigger holds (the hold starts
+    # at the last decision that saw the trigger).
+    prewarm_until: float | None = None
     # Replicas each capacity-short unit is credited with: the fewest ready replicas seen since
     # it became short, so capacity-optimized weights drop fast and rise only once it is not short.
     short_capacity: Mapping[str, float] = field(default_factory=dict)
-    # merit-order: replica floors in effect and until when each is held before it may go down.
+    # merit-order: replica floors in effect and until when each is held before it may go down
+    # (math.inf while the plan still wants it). Hold timers only change when what is wanted
+    # changes, so the state that is persisted (controller/state.py) is written on transitions only.
     floors: Mapping[str, tuple[int, float]] = field(default_factory=dict)
+    # merit-order: where the last decision planned the demand (config units), the base of the
+    # estimate when demand cannot be measured (cluster_demand_estimate).
+    planned: Mapping[str, float] = field(default_factory=dict)
+    decided_at: float | None = None  # time of the decision that produced this state
 
 
 @dataclass(frozen=True)
@@ -105,18 +118,124 @@ def initial_state(config: ControllerConfig, now: float) -> PolicyState:
     return PolicyState(mode=COST, since=now)
 
 
+def measured_demand(state: PolicyState, signals: Signals) -> tuple[float | None, str]:
+    """The measured demand if it can be trusted, else None and why not.
+
+    Not trusted: no measurement, a value that is not a finite number >= 0, and "no series" while a
+    unit that carries weight (any unit, when the weights are unknown) has a ready replica: those
+    replicas were serving, so an empty result means the metric is missing, not that demand is 0.
+    """
+    value = signals.demand_rps
+    if value is None:
+        return None, "no demand measurement" + (f" ({signals.demand_error})" if signals.demand_error else "")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None, f"demand measurement {value!r} is not a number"
+    if not math.isfinite(value) or value < 0:
+        return None, f"demand measurement {value!r} is not a finite rate >= 0"
+    if signals.demand_no_series:
+        routed = {n for n, w in state.weights.items() if w > 0} or set(signals.units)
+        if any(signals.units[n].ready_replicas > 0 for n in routed if n in signals.units):
+            return None, "the demand query returned no series while units with weight have ready replicas"
+        return 0.0, ""
+    return value, ""
+
+
+def autoscaler_demand_floor(config: ControllerConfig, state: PolicyState, signals: Signals) -> float:
+    """Load the autoscalers are provably scaled for: a KPA that wants ``desired`` replicas above
+    the floor the controller gave it sees more than ``desired - 1`` replicas' worth of load at the
+    target (it rounds up). A measurement below that misses requests: a rate over a window that
+    is only partly filled after a Prometheus restart, or a query that matches only some series."""
+    total = 0.0
+    for u in config.units:
+        s = signals.units.get(u.name)
+        if s is None:
+            continue
+        floor = state.floors.get(u.name, (u.min_replicas, 0.0))[0]
+        if s.desired_replicas > floor:
+            total += (min(s.desired_replicas, u.max_replicas) - 1) * u.max_throughput * config.routing.target_utilisation
+    return total
+
+
+def _routed_units(config: ControllerConfig, state: PolicyState) -> set[str]:
+    """Units that currently get traffic; when the weights are unknown, those the mode routes to."""
+    routed = {name for name, w in state.weights.items() if w > 0}
+    if not routed:
+        routed = {u.name for u in (config.cost_units if state.mode == COST else config.units)}
+    return routed
+
+
+def cluster_demand_estimate(config: ControllerConfig, state: PolicyState, signals: Signals) -> float:
+    """Demand as the cluster shows it (merit-order without a measurement), in config units.
+
+    Per unit: Knative's KPA sets ``desiredScale`` from the concurrency that the unit's pods and the
+    activator report (requests buffered for a unit with no ready pod count too), so a unit whose
+    autoscaler wants more than the floor the controller gave it carries about
+    ``desired * max_throughput * target_utilisation``. A unit held at its floor says nothing about
+    its load (the KPA's desiredScale is clamped to min-scale): it counts what the last decision
+    planned for it, or, with no plan known (a fresh start), what its ready replicas carry at the
+    target if it gets traffic. So the floors set from this estimate cannot feed back into it and
+    ratchet it up. And since a falling load is invisible behind a floor, that planned share decays
+    (half-life ``prewarm.hold_s``): the floors come down, and where the load is real the
+    autoscaler asks for more than the floor again, which the estimate sees at once. Lowering a
+    floor never removes replicas that carry load: the KPA keeps what its observed concurrency needs.
+    """
+    routed = _routed_units(config, state)
+    target = config.routing.target_utilisation
+    elapsed = max(0.0, signals.at - state.decided_at) if state.decided_at is not None else 0.0
+    decay = 0.5 ** (elapsed / config.prewarm.hold_s) if config.prewarm.hold_s > 0 else 1.0
+    total = 0.0
+    for u in config.units:
+        s = signals.units.get(u.name)
+        if s is None:
+            continue
+        floor = state.floors.get(u.name, (u.min_replicas, 0.0))[0]
+        at_target = u.max_throughput * target
+        if s.desired_replicas > floor and (u.name in routed or not state.planned):
+            total += min(s.desired_replicas, u.max_replicas) * at_target
+        elif state.planned:
+            total += float(state.planned.get(u.name, 0.0)) * decay
+        elif u.name in routed:
+            total += min(s.desired_replicas, s.ready_replicas, u.max_replicas) * at_target
+    return total
+
+
+def route_around_unready(
+    config: ControllerConfig, weights: Mapping[str, int], units: Mapping[str, UnitSignals]
+) -> dict[str, int]:
+    """``weights`` with nothing left on a unit known to have no ready replica, if another has one.
+
+    The safety net under every decision, stale or not: whatever the signals do, traffic is not
+    stranded. The weight taken away goes to the units with ready replicas in proportion to their
+    ready capacity (``ready * max_throughput``); units without signals are left as they are.
+    """
+    names = [u.name for u in config.units]
+    if not valid_weights(weights, names):
+        return dict(weights)
+    dead = [n for n in names if weights[n] > 0 and n in units and units[n].ready_replicas <= 0]
+    capacity = {u.name: units[u.name].ready_replicas * u.max_throughput
+                for u in config.units if u.name in units and units[u.name].ready_replicas > 0}
+    if not dead or not capacity:
+        return dict(weights)
+    moved = sum(weights[n] for n in dead)
+    total = sum(capacity.values())
+    shares = {n: (0.0 if n in dead else float(weights[n])) + moved * capacity.get(n, 0.0) / total for n in names}
+    return integer_weights(shares)
+
+
 def estimate_demand(config: ControllerConfig, state: PolicyState, signals: Signals) -> tuple[float, bool]:
     """Demand in requests/s and whether it was estimated.
 
-    Measured demand (Prometheus) wins. Without it, demand is what the autoscaler asked for on the
-    units that currently receive traffic: sum(desired_replicas * max_throughput). That is an upper
-    bound (the autoscaler rounds up), which errs towards failing over and against falling back.
+    Measured demand (Prometheus) wins when it can be trusted (:func:`measured_demand`). Without
+    it, demand is what the autoscaler asked for on the units that currently receive traffic:
+    sum(desired_replicas * max_throughput). That is an upper bound (the autoscaler rounds up),
+    which errs towards failing over and against falling back.
     """
-    if signals.demand_rps is not None:
-        return max(0.0, float(signals.demand_rps)), False
-    routed = {name for name, w in state.weights.items() if w > 0}
-    if not routed:  # weights unknown: the units the current mode routes to
-        routed = {u.name for u in (config.cost_units if state.mode == COST else config.units)}
+    measured, _ = measured_demand(state, signals)
+    if measured is not None:
+        return measured, False
+    routed = _routed_units(config, state)
     total = 0.0
     for u in config.units:
         s = signals.units.get(u.name)
@@ -206,7 +325,11 @@ def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: 
         held = current or (
             cost_optimized_weights(config.units) if state.mode == COST else capacity_optimized_weights(config.units)
         )
-        return Decision(state=state, weights=held, switched=False, stale=True, reason=why)
+        safe = route_around_unready(config, held, signals.units)
+        if safe != held:
+            why += "; traffic moved off units without a ready replica"
+        return Decision(state=with_weights(state, safe) if current else state, weights=safe, switched=False,
+                        stale=True, reason=why)
 
     if config.routing.strategy == "merit-order":
         return _decide_merit_order(config, state, signals, now, current)
@@ -284,7 +407,9 @@ def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: 
             or mode == CAPACITY
         )
         if trigger:
-            prewarm_until = now + config.prewarm.hold_s
+            prewarm_until = math.inf
+        elif prewarm_until == math.inf:  # the trigger has just ended: hold from the last one
+            prewarm_until = _last_decision(state, now) + config.prewarm.hold_s
         if prewarm_until is not None and now < prewarm_until:
             prewarm = _prewarm_replicas(config, view)
         else:
@@ -298,6 +423,7 @@ def decide(config: ControllerConfig, state: PolicyState, signals: Signals, now: 
         weights=dict(weights),
         prewarm_until=prewarm_until,
         short_capacity=view.short_capacity,
+        decided_at=now,
     )
     return Decision(
         state=new_state,
@@ -326,11 +452,18 @@ def _decide_merit_order(
     """
     timing = config.timing
     routing = config.routing
-    if signals.demand_rps is None:
-        held = current or cost_optimized_weights(config.units)
-        return Decision(state=state, weights=held, switched=False, stale=True,
-                        reason="stale: no demand measurement (Prometheus); holding weights and floors")
-    demand = max(0.0, float(signals.demand_rps))
+    demand, untrusted = measured_demand(state, signals)
+    # Half: the KPA keeps its replicas for a while after the load drops (stable window, scale-down
+    # delay), so only a measurement far below what it is scaled for is a missing measurement.
+    if demand is not None and demand < 0.5 * (least := autoscaler_demand_floor(config, state, signals)):
+        untrusted = (f"measured {_fmt(demand)} {config.rate_unit} is less than the {_fmt(least)} the autoscalers "
+                     "are scaled for")
+        demand = None
+    estimated = demand is None
+    if demand is None:
+        # Decide from what the cluster shows rather than hold: holding keeps the weights on a unit
+        # that may have lost every pod.
+        demand = cluster_demand_estimate(config, state, signals)
     us = signals.units
     cost_units = config.cost_units
     short = any(_unit_short(us[u.name]) for u in cost_units)
@@ -376,7 +509,9 @@ def _decide_merit_order(
             obtainable[u.name] = float(min(u.max_replicas, max(s.ready_replicas, have)))
     plan = allocate(config.units, demand, ready, obtainable, routing.target_utilisation, routing.max_utilisation)
     why += (
-        f": demand {_fmt(demand)} {config.rate_unit}; routed "
+        f": demand {_fmt(demand)} {config.rate_unit}"
+        + (f" (estimated from the autoscaler: {untrusted})" if estimated else "")
+        + "; routed "
         + ", ".join(f"{n} {_fmt(r)}" for n, r in plan.routed_rps.items() if r > 0.05)
         + (f"; {_fmt(plan.unmet_rps)} {config.rate_unit} beyond every replica" if plan.unmet_rps > 0.05 else "")
     )
@@ -399,16 +534,30 @@ def _decide_merit_order(
             for u in cost_units:
                 want[u.name] = u.min_replicas
         for u in config.units:
-            value, until = state.floors.get(u.name, (u.min_replicas, now))
-            # Raise at once; lower only once the floor has been held for prewarm.hold_s.
-            floors[u.name] = (want[u.name], now + config.prewarm.hold_s) if want[u.name] >= value or now >= until \
-                else (value, until)
+            floors[u.name] = _hold_floor(state, u.name, u.min_replicas, want[u.name], now, config.prewarm.hold_s)
             prewarm[u.name] = floors[u.name][0]
 
     new_state = PolicyState(mode=mode, since=since, cost_headroom_since=headroom_since, weights=dict(weights),
-                            floors=floors)
+                            floors=floors, planned=dict(plan.planned_rps), decided_at=now)
     return Decision(state=new_state, weights=dict(weights), switched=switched, stale=False, reason=why,
                     prewarm=prewarm, demand_rps=demand, planned_rps=dict(plan.planned_rps))
+
+
+def _last_decision(state: PolicyState, now: float) -> float:
+    return state.decided_at if state.decided_at is not None else now
+
+
+def _hold_floor(state: PolicyState, name: str, default: int, want: int, now: float, hold_s: float) -> tuple[int, float]:
+    """The next (floor, held until) of one unit: raise at once; lower to ``want`` only once the
+    floor has not been wanted for ``hold_s`` (counted from the last decision that wanted it)."""
+    value, until = state.floors.get(name, (default, math.inf))
+    if want >= value:
+        return want, math.inf
+    if until == math.inf:  # wanted until the last decision
+        until = _last_decision(state, now) + hold_s
+    if now >= until:
+        return want, math.inf
+    return value, until
 
 
 def _headroom_clock(state: PolicyState, headroom: bool, now: float) -> float | None:

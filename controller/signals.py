@@ -21,15 +21,29 @@ small protocols so others (CloudWatch through boto3, a recorded trace) can be ad
   or to the unit's own pods, plus the NodePool's NodeClaims whose ``Launched`` condition is False.
 
 Demand comes from the configured :class:`DemandSource` (Prometheus); when there is none, or it
-fails, ``demand_rps`` is None and the policy estimates demand from the desired replicas.
+fails, ``demand_rps`` is None and the policy estimates demand from the desired replicas. A query
+that matches no series is reported as such (``Signals.demand_no_series``), not as zero demand:
+the policy decides whether that is idleness or a missing metric.
+
+Each source degrades on its own, so one failing list call does not blind the controller: ready
+replicas fall back from the pods to the PodAutoscaler's ``status.actualScale`` (Knative's KPA
+writes the ready pod count there: ``computeStatus`` in knative/serving
+pkg/reconciler/autoscaling/kpa/kpa.go), a failed InferenceService read leaves its Ready
+condition out, and failed event/NodeClaim lists count no capacity errors (pods unschedulable
+past the grace period still show a shortage). A unit whose ready replicas cannot be read from
+any source is left out of the signals; the policy then holds what it cannot see and still takes
+traffic off the units it can see have no ready replica. Only when no unit can be read at all does
+:meth:`KubernetesSignals.read` raise.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import string
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -37,7 +51,7 @@ from datetime import datetime
 from typing import Protocol
 
 from controller.config import ControllerConfig, Prometheus, Unit
-from controller.kube import KARPENTER, KNATIVE_PA, Backoff, Kube, NotFound, describe
+from controller.kube import KARPENTER, KNATIVE_PA, Kube, NotFound, describe
 from controller.policy import Signals, UnitSignals
 
 log = logging.getLogger(__name__)
@@ -50,6 +64,10 @@ EVENTS_NAMESPACE = "default"  # where Kubernetes records events about cluster-sc
 
 class SignalError(Exception):
     """A signal could not be read."""
+
+
+class NoSeries(SignalError):
+    """The demand query matched no series (a missing metric, or nothing ever served)."""
 
 
 class SignalSource(Protocol):
@@ -125,6 +143,15 @@ def nodepool_of(name: str, pools: Iterable[str], claim_pools: dict[str, str]) ->
     return best
 
 
+def _prometheus_error(exc: urllib.error.HTTPError) -> str:
+    """The ``error`` Prometheus puts in the body of a failed query (e.g. the PromQL parse error)."""
+    try:
+        body = json.loads(exc.read() or b"{}")
+    except (ValueError, OSError):
+        return str(exc.reason)
+    return f"{body.get('errorType', '')}: {body.get('error', exc.reason)}" if isinstance(body, dict) else str(exc.reason)
+
+
 class PrometheusDemand:
     """Total request rate from a Prometheus instant query (``/api/v1/query``)."""
 
@@ -134,9 +161,12 @@ class PrometheusDemand:
         namespace: str,
         names: Iterable[str],
         opener: Callable[..., object] = urllib.request.urlopen,
+        router: str = "",
     ) -> None:
         self.prom = prom
-        self.query = string.Template(prom.query).safe_substitute(namespace=namespace, names="|".join(sorted(names)))
+        self.query = string.Template(prom.query).safe_substitute(
+            namespace=namespace, names="|".join(sorted(names)), router=router
+        )
         self.opener = opener
 
     def demand_rps(self, now: float) -> float:
@@ -144,17 +174,26 @@ class PrometheusDemand:
         try:
             with self.opener(url, timeout=self.prom.timeout_s) as resp:  # type: ignore[attr-defined]
                 body = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:  # 400 (bad query), 422 (cannot execute), 503 ...
+            raise SignalError(f"prometheus query failed: HTTP {exc.code}: {_prometheus_error(exc)}") from exc
         except Exception as exc:
             raise SignalError(f"prometheus query failed: {exc}") from exc
-        if body.get("status") != "success":
-            raise SignalError(f"prometheus query failed: {body.get('error') or body}")
-        result = (body.get("data") or {}).get("result") or []
+        if not isinstance(body, dict) or body.get("status") != "success":
+            raise SignalError(f"prometheus query failed: {body.get('error') if isinstance(body, dict) else body!r}")
+        data = body.get("data") or {}
+        result = data.get("result")
+        if data.get("resultType") == "scalar" and isinstance(result, list):
+            result = [{"value": result}]
         if not result:
-            return 0.0  # no series: no traffic
+            raise NoSeries(f"prometheus query matched no series: {self.query}")
         try:
-            return sum(float(r["value"][1]) for r in result)
+            values = [float(r["value"][1]) for r in result]
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise SignalError(f"prometheus returned an unexpected result: {result!r}") from exc
+        total = sum(values)
+        if not math.isfinite(total) or any(v < 0 for v in values):
+            raise SignalError(f"prometheus returned a rate that is not a finite number >= 0: {values!r}")
+        return total
 
 
 class KubernetesSignals:
@@ -173,54 +212,99 @@ class KubernetesSignals:
         self.demand = demand
         self.sleep = sleep
         self.on_error = on_error or (lambda source, exc: None)
-        t = config.timing
-        self.backoff = Backoff(retries=t.api_retries, initial_s=t.backoff_initial_s, max_s=t.backoff_max_s)
         # Events about cluster-scoped objects (NodeClaims, NodePools) are recorded in "default";
         # events about the units' pods in the units' namespaces. Listing only these keeps RBAC to Roles.
         self.event_namespaces = sorted({EVENTS_NAMESPACE} | {u.namespace for u in config.units})
         self._has_kpa = True
         self._has_nodeclaims = True
         self.last_demand_error: str | None = None
-
-    def _retry(self, fn, what):  # noqa: ARG002 - names the call site
-        return fn()  # Kube retries transient errors itself: the controller's one retry policy
+        self.degraded: list[str] = []  # sources that failed in the last read (decided without them)
 
     def _isvc_ready(self, unit: Unit) -> bool:
-        obj = self._retry(
-            lambda: self.kube.get_custom(
-                "serving.kserve.io", "v1beta1", unit.namespace, "inferenceservices", unit.name
-            ),
-            f"get InferenceService {unit.namespace}/{unit.name}",
-        )
+        obj = self.kube.get_custom("serving.kserve.io", "v1beta1", unit.namespace, "inferenceservices", unit.name)
         if obj is None:
             raise SignalError(f"InferenceService {unit.namespace}/{unit.name} not found")
         cond = _condition(obj, "Ready")
         return cond is None or cond.get("status") != "False"
 
-    def _desired(self, unit: Unit, live_pods: int) -> int:
+    def _autoscaler(self, unit: Unit) -> tuple[int, int] | None:
+        """(desiredScale, actualScale) summed over the unit's KPA PodAutoscalers; None without any."""
+        if not self._has_kpa:
+            return None
+        try:
+            pas = self.kube.list_custom(
+                *KNATIVE_PA, "podautoscalers", namespace=unit.namespace, label_selector=f"{ISVC_LABEL}={unit.name}"
+            )
+        except NotFound:
+            self._has_kpa = False  # Knative not installed: raw deployment mode
+            return None
+        desired = actual = 0
+        found = False
+        for pa in pas:
+            status = pa.get("status") or {}
+            want, have = status.get("desiredScale"), status.get("actualScale")
+            if isinstance(want, int | float) and want >= 0:
+                found = True
+                desired += int(want)
+                actual += int(have) if isinstance(have, int | float) and have >= 0 else 0
+        return (desired, actual) if found else None
+
+    def _desired(self, unit: Unit, live_pods: int, autoscaler: tuple[int, int] | None) -> int:
+        """The KPA's desiredScale, else the predictor Deployment's replicas (raw mode), else live pods."""
+        if autoscaler is not None:
+            return autoscaler[0]
         selector = f"{ISVC_LABEL}={unit.name}"
-        if self._has_kpa:
-            try:
-                pas = self._retry(
-                    lambda: self.kube.list_custom(
-                        *KNATIVE_PA, "podautoscalers", namespace=unit.namespace, label_selector=selector
-                    ),
-                    f"list PodAutoscalers of {unit.name}",
-                )
-                scales = [(pa.get("status") or {}).get("desiredScale") for pa in pas]
-                scales = [int(s) for s in scales if isinstance(s, int | float) and s >= 0]
-                if scales:
-                    return sum(scales)
-            except NotFound:
-                self._has_kpa = False  # Knative not installed: raw deployment mode
-        deps = self._retry(
-            lambda: self.kube.list_deployments(unit.namespace, selector), f"list Deployments of {unit.name}"
-        )
+        deps = self.kube.list_deployments(unit.namespace, selector)
         replicas = [(d.get("spec") or {}).get("replicas") for d in deps]
         replicas = [int(r) for r in replicas if isinstance(r, int)]
         if replicas:
             return sum(replicas)
         return live_pods
+
+    def _degrade(self, what: str, exc: BaseException) -> None:
+        self.degraded.append(f"{what}: {describe(exc)}")
+        log.warning("%s failed, deciding without it: %s", what, describe(exc))
+        self.on_error("kubernetes", exc)
+
+    def _unit(self, u: Unit, now: float, per_pool: dict[str, int], per_pod: dict[str, int]) -> UnitSignals | None:
+        """One unit's signals from whatever can be read; None when its ready replicas cannot be."""
+        pods: list[dict] | None
+        try:
+            pods = self.kube.list_pods(u.namespace, f"{ISVC_LABEL}={u.name}")
+        except Exception as exc:
+            self._degrade(f"list pods of {u.name}", exc)
+            pods = None
+        try:
+            autoscaler = self._autoscaler(u)
+        except Exception as exc:
+            self._degrade(f"list PodAutoscalers of {u.name}", exc)
+            autoscaler = None
+        if pods is not None:
+            live, ready, pending, unschedulable = pod_counts(pods, now, self.config.timing.pending_grace_s)
+        elif autoscaler is not None:  # the KPA counts the ready pods too
+            live = ready = autoscaler[1]
+            pending, unschedulable = max(0, autoscaler[0] - ready), 0
+        else:
+            return None
+        try:
+            if not self._isvc_ready(u):
+                ready = 0
+        except Exception as exc:
+            self._degrade(f"get InferenceService {u.name}", exc)
+        try:
+            desired = self._desired(u, live, autoscaler)
+        except Exception as exc:
+            self._degrade(f"list Deployments of {u.name}", exc)
+            desired = live
+        errors = per_pool.get(u.nodepool, 0) if u.nodepool else 0
+        errors += sum(per_pod.get(f"{u.namespace}/{p['metadata']['name']}", 0) for p in pods or [])
+        return UnitSignals(
+            ready_replicas=ready,
+            desired_replicas=desired,
+            pending_replicas=pending,
+            unschedulable_replicas=unschedulable,
+            capacity_errors=errors,
+        )
 
     def _capacity_errors(self, now: float) -> tuple[dict[str, int], dict[str, int]]:
         """(errors per NodePool, errors per pod name) in the window."""
@@ -230,7 +314,7 @@ class KubernetesSignals:
         per_pool: dict[str, int] = {}
         if pools and self._has_nodeclaims:
             try:
-                claims = self._retry(lambda: self.kube.list_custom(*KARPENTER, "nodeclaims"), "list NodeClaims")
+                claims = self.kube.list_custom(*KARPENTER, "nodeclaims")
                 for c in claims:
                     pool = ((c.get("metadata") or {}).get("labels") or {}).get(NODEPOOL_LABEL)
                     if not pool:
@@ -243,10 +327,7 @@ class KubernetesSignals:
                 self._has_nodeclaims = False  # Karpenter not installed
         events: list[dict] = []
         for ns in self.event_namespaces:
-            events += self._retry(
-                lambda ns=ns: self.kube.list_events(ns, f"reason={ICE_REASON},type=Warning"),
-                f"list InsufficientCapacityError events in {ns}",
-            )
+            events += self.kube.list_events(ns, f"reason={ICE_REASON},type=Warning")
         per_pod: dict[str, int] = {}
         for ev in events:
             t = event_time(ev)
@@ -264,34 +345,34 @@ class KubernetesSignals:
         return per_pool, per_pod
 
     def read(self, now: float) -> Signals:
-        """All units' signals observed at ``now``. Raises on Kubernetes errors (after retries)."""
-        grace = self.config.timing.pending_grace_s
-        per_pool, per_pod = self._capacity_errors(now)
+        """All units' signals observed at ``now``, from whatever sources answer (see the module
+        docstring). Raises only when no unit's ready replicas can be read."""
+        self.degraded = []
+        try:
+            per_pool, per_pod = self._capacity_errors(now)
+        except Exception as exc:
+            self._degrade("capacity errors (events, NodeClaims)", exc)
+            per_pool, per_pod = {}, {}
         units: dict[str, UnitSignals] = {}
         for u in self.config.units:
-            pods = self._retry(
-                lambda u=u: self.kube.list_pods(u.namespace, f"{ISVC_LABEL}={u.name}"), f"list pods of {u.name}"
-            )
-            live, ready, pending, unschedulable = pod_counts(pods, now, grace)
-            if not self._isvc_ready(u):
-                ready = 0
-            errors = per_pool.get(u.nodepool, 0) if u.nodepool else 0
-            errors += sum(per_pod.get(f"{u.namespace}/{p['metadata']['name']}", 0) for p in pods)
-            units[u.name] = UnitSignals(
-                ready_replicas=ready,
-                desired_replicas=self._desired(u, live),
-                pending_replicas=pending,
-                unschedulable_replicas=unschedulable,
-                capacity_errors=errors,
-            )
-        demand = None
+            unit = self._unit(u, now, per_pool, per_pod)
+            if unit is not None:
+                units[u.name] = unit
+        if not units:
+            raise SignalError("no unit's ready replicas could be read: " + "; ".join(self.degraded))
+        demand, no_series = None, False
         if self.demand is not None:
             try:
                 # requests/s from Prometheus, in the config's throughput unit
                 demand = float(self.demand.demand_rps(now)) * self.config.per_second
                 self.last_demand_error = None
+            except NoSeries as exc:
+                demand, no_series = 0.0, True
+                self.last_demand_error = str(exc)
+                log.warning("%s", exc)
             except Exception as exc:
                 self.last_demand_error = str(exc)
                 log.warning("demand source failed, estimating demand from the autoscaler: %s", describe(exc))
                 self.on_error("prometheus", exc)
-        return Signals(at=now, units=units, demand_rps=demand)
+        return Signals(at=now, units=units, demand_rps=demand, demand_no_series=no_series,
+                       demand_error=self.last_demand_error if demand is None else None)

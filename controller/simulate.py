@@ -102,10 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except WeightsSpecError as exc:
             print(f"error: --static-weights: {exc}", file=sys.stderr)
             return 2
-    if args.demand == "autoscaler" and config.routing.strategy == "merit-order":
-        print("error: --demand autoscaler: routing.strategy merit-order needs measured demand "
-              "(use a config with routing.strategy: proportional)", file=sys.stderr)
-        return 2
     utilisation = config.routing.target_utilisation if args.utilisation is None else args.utilisation
     try:
         settings = SimSettings(

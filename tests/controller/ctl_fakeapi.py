@@ -15,8 +15,8 @@ Enough of the API for the controller's integration tests, talked to with the off
 * the KServe and Knative reconcilers where the controller's writes touch them (see
   :class:`KnativeModel`): an edit of an InferenceService's predictor template creates a new
   Revision and replaces the unit's pods; a Revision's annotations flow to its PodAutoscaler and
-  its Deployment as the Knative version in use does; an InferenceGraph spec edit rolls out a new
-  router revision. Every rollout is recorded in ``rollouts``;
+  its Deployment as the Knative version in use does; an InferenceGraph spec or annotation edit rolls
+  out a new router revision. Every rollout is recorded in ``rollouts``;
 * an audit of every write: who sent it (the client's User-Agent) and who held each Lease at that
   moment, so a test can check that only the leader wrote.
 
@@ -348,10 +348,12 @@ class FakeKube:
         with self._lock:
             return [r for r in self.requests if r[0] in ("POST", "PUT", "PATCH", "DELETE") and path_part in r[1]]
 
-    def _take_fault(self, method: str, path: str) -> Fault | None:
+    def _take_fault(self, method: str, path: str, query: str = "") -> Fault | None:
+        """The first fault for this request: its regex matches the path, or the path?query."""
         with self._lock:
             for f in self._faults:
-                if f.times > 0 and (f.method is None or f.method == method) and f.path_re.search(path):
+                matches = f.path_re.search(path) or (query and f.path_re.search(f"{path}?{query}"))
+                if f.times > 0 and (f.method is None or f.method == method) and matches:
                     f.times -= 1
                     return f
         return None
@@ -369,7 +371,7 @@ class FakeKube:
             self.requests.append((method, "/" + path, content_type, payload))
         for hook in list(self.on_request):
             hook(method, "/" + path)
-        fault = self._take_fault(method, "/" + path)
+        fault = self._take_fault(method, "/" + path, unquote(parsed.query))
         if fault is not None:
             if fault.delay_s:
                 time.sleep(fault.delay_s)
@@ -457,6 +459,11 @@ class FakeKube:
             self._new_revision(ns, name, reason="InferenceService predictor template changed")
         elif plural == "inferencegraphs" and before.get("spec") != after.get("spec"):
             self.rollouts.append(Rollout("InferenceGraph", ns, name, "InferenceGraph spec changed"))
+        elif plural == "inferencegraphs" and _annotations(before) != _annotations(after):
+            # KServe renders the graph's annotations into the router's Knative revision template
+            # (inferencegraph/knative_reconciler.go createKnativeService: componentMeta annotations
+            # -> Template.ObjectMeta.Annotations): an annotation-only edit is a router rollout too.
+            self.rollouts.append(Rollout("InferenceGraph", ns, name, "InferenceGraph annotations changed"))
         elif plural == "revisions":
             self._reconcile_revision(ns, name)
         elif plural == "podautoscalers" and self.knative_version >= (1, 21):
@@ -893,6 +900,10 @@ def pod(
         "spec": {"containers": [{"name": "kserve-container", "image": "x"}]},
         "status": {"phase": phase, "conditions": conditions},
     }
+
+
+def _annotations(obj: dict) -> dict:
+    return (obj.get("metadata") or {}).get("annotations") or {}
 
 
 def podautoscaler(isvc_name: str, namespace: str, desired: int, actual: int | None = None) -> dict:

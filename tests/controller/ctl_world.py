@@ -138,7 +138,8 @@ class World:
             self.fake.put(pod(f"{name}-{i}", NS, name, unschedulable_since=self.clock() - unschedulable_for))
             i += 1
         total = ready + pending + unschedulable
-        self.fake.set_autoscaler(NS, name, desired=total if desired is None else desired)
+        # Knative's KPA reports the ready pods as actualScale (kpa.go computeStatus).
+        self.fake.set_autoscaler(NS, name, desired=total if desired is None else desired, actual=ready)
 
     def ice(self, nodepool: str, count: int = 1) -> None:
         """Karpenter could not launch nodes for the NodePool: events + failed NodeClaims."""

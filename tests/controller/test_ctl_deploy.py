@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.config import load_config, parse_config
+from controller.config import apply_env, load_config, parse_config
 from controller.kube import Kube, api_client
 from controller.loop import build
 
@@ -218,6 +218,10 @@ def replay_failover(docs, world: World, router: dict | None = None) -> None:
     (cm,) = by_kind(docs, "ConfigMap")
     data = yaml.safe_load(cm["data"]["controller.yaml"])
     data["timing"].update(fallback_hold_s=60, min_state_s=60, capacity_error_window_s=60)
+    # The Deployment's Prometheus env applies as in the pod; no Prometheus answers here (refused at
+    # once), so the controller runs on the cluster estimate.
+    data = apply_env(data, _controller_env(docs))
+    data["prometheus"] = {**data["prometheus"], "url": "http://127.0.0.1:9"}
     if router is not None:
         data["router"] = router
     cfg = parse_config(data)
@@ -239,6 +243,13 @@ def replay_failover(docs, world: World, router: dict | None = None) -> None:
             break
     assert ctl.state.mode == "cost-optimized"
     ctl.elector.release()
+    # The policy state went to its ConfigMap: read at the first step (absent), created, then patched.
+    state_verbs = {
+        request_attributes(method, path)[3]
+        for method, path, _, _ in fake.requests
+        if request_attributes(method, path)[1] == "configmaps"
+    }
+    assert state_verbs == {"get", "create", "patch"}
 
 
 def check_requests_against_rbac(docs, fake, rules_that_must_be_used=None) -> None:
@@ -316,3 +327,36 @@ def test_components_grant_what_their_clusters_need(component, tmp_path):
         replay_failover(docs, world, router)
         assert fake.unit_rollouts() == []
         check_requests_against_rbac(docs, fake, rules_that_must_be_used=own)
+
+
+def _controller_env(docs) -> dict[str, str]:
+    (dep,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "inference-traffic-controller"]
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", "") for e in c["env"] if "value" in e}
+
+
+def _deployed_config(docs, tmp_path):
+    (cm,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].startswith("inference-traffic-controller")]
+    path = tmp_path / "controller.yaml"
+    path.write_text(cm["data"]["controller.yaml"])
+    return load_config(path, env=_controller_env(docs))
+
+
+def test_the_deployed_controller_runs_merit_order_on_the_prometheus_of_the_site_settings(tmp_path):
+    """deploy/ (with deploy/settings) ships the strategy the docs advertise, on the site's Prometheus."""
+    docs = render(ROOT / "deploy")
+    (settings,) = yaml.safe_load_all((ROOT / "deploy" / "settings" / "settings.yaml").read_text())
+    cfg = _deployed_config(docs, tmp_path)
+    assert cfg.routing.strategy == "merit-order"
+    assert cfg.prometheus is not None and cfg.prometheus.url == settings["data"]["prometheusURL"]
+    assert cfg.prometheus.query == settings["data"]["prometheusQuery"]
+    # The query counts requests entering the router (Knative queue-proxy labels).
+    assert "revision_request_count" in cfg.prometheus.query and "$router" in cfg.prometheus.query
+
+
+def test_the_controller_base_alone_uses_the_config_files_prometheus(docs, tmp_path):
+    env = _controller_env(docs)
+    assert env["TRAFFIC_CONTROLLER_PROMETHEUS_URL"] == "" and env["TRAFFIC_CONTROLLER_PROMETHEUS_QUERY"] == ""
+    cfg = _deployed_config(docs, tmp_path)
+    assert cfg.routing.strategy == "merit-order"
+    assert cfg.prometheus is not None and cfg.prometheus.url.startswith("http://prometheus-operated.")

@@ -7,6 +7,7 @@ controller writes (other than to the Lease) that the holder did not send.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -14,10 +15,13 @@ import time
 from controller.config import Lease
 from controller.kube import Kube, api_client
 from controller.leader import LeaseElector, micro_time
+from controller.policy import COST
+from controller.state import KEY
 
 from .ctl_world import INTERVAL, NS, World
 
 LEASE = "traffic-controller"
+STATE_CM = "inference-traffic-controller-state"
 
 
 def take_lease(world: World, holder: str) -> None:
@@ -181,4 +185,33 @@ def test_two_replicas_under_api_chaos_never_both_write_and_never_roll_out(world,
     assert world.fake.non_leader_writes(LEASE) == []
     assert world.fake.unit_rollouts() == []
     assert world.fake.writes_by("ctl-a") and world.fake.writes_by("ctl-b")  # both led at times
+    assert [w for w in world.fake.audit if "/configmaps" in w.path]  # the audit covers the state saves
     assert len(grabs) > 10
+
+
+def test_the_old_leader_does_not_save_its_state_after_losing_the_lease(world, clock):
+    """The state ConfigMap is a write like any other: fenced. The Lease is taken right after the
+    router write of a failover, before the state is saved: the ConfigMap keeps the last state its
+    leader saved, so the new leader resumes from that (and re-decides the failover itself)."""
+    ctl = world.controller(identity="ctl-a")
+    assert ctl.step().action == "unchanged"
+    saved = world.fake.get("v1", "ConfigMap", STATE_CM, NS)["data"][KEY]
+    assert json.loads(saved)["mode"] == COST
+    world.inf2_outage()
+    clock.advance(INTERVAL)
+    router_written = []
+
+    def after_router_write(method: str, path: str) -> None:
+        if method == "PATCH" and "/inferencegraphs/" in path:
+            router_written.append(path)
+        elif len(router_written) == 1:  # the request right after the router write is answered
+            router_written.append(path)
+            take_lease(world, "ctl-z")
+
+    world.fake.on_request.append(after_router_write)
+    result = ctl.step()
+    assert result.action == "standby", result
+    assert router_written and world.weights()["sd21-inf2"] < 100  # the failover reached the router
+    assert world.fake.non_leader_writes(LEASE) == []
+    assert world.fake.get("v1", "ConfigMap", STATE_CM, NS)["data"][KEY] == saved  # not overwritten
+    assert world.events("Failover") == []  # the remaining writes were dropped

@@ -1,6 +1,5 @@
 """The merit-order strategy of the switching policy, as a specification. Pure: times are explicit."""
 
-import dataclasses
 import random
 
 import pytest
@@ -60,11 +59,11 @@ def outage(t, demand=600.0, running=4):
                    capacity_errors=3)
 
 
-def test_merit_order_is_the_default_with_measured_demand_and_needs_it():
+def test_merit_order_is_the_default_with_measured_demand_and_runs_on_the_cluster_estimate_without():
     assert CFG.routing.strategy == "merit-order"
     assert make_config(prometheus=None).routing.strategy == "proportional"
-    with pytest.raises(ConfigError, match="routing.strategy: merit-order needs measured demand"):
-        make_config(prometheus=None, routing={"strategy": "merit-order"})
+    # Without Prometheus it decides from what the cluster shows (cluster_demand_estimate).
+    assert make_config(prometheus=None, routing={"strategy": "merit-order"}).routing.strategy == "merit-order"
     with pytest.raises(ConfigError, match="routing.max_utilisation"):
         make_config(routing={"target_utilisation": 0.8, "max_utilisation": 0.7})
 
@@ -152,11 +151,14 @@ def test_floors_rise_at_once_and_come_down_only_after_the_hold():
     assert all(v < high for t, v in seen if t >= HOLD)
 
 
-def test_unmeasured_demand_holds_weights_and_floors():
+def test_unmeasured_demand_decides_from_the_cluster_and_keeps_the_floors():
     state = decide(CFG, initial_state(CFG, 0), signals(0, 400.0), 0).state
-    d = decide(CFG, state, dataclasses.replace(signals(30, 400.0), demand_rps=None), 30)
-    assert d.stale and d.weights == dict(state.weights) and d.prewarm == {}
-    assert "no demand measurement" in d.reason
+    # inf2's autoscaler wants the 3 replicas that its 181 rps need at the target utilisation
+    d = decide(CFG, state, signals(30, None, inf2_ready=4, desired=3), 30)
+    assert not d.stale and "estimated from the autoscaler: no demand measurement" in d.reason
+    assert 400 <= d.demand_rps <= 450  # an upper bound: the autoscaler rounds up
+    assert all(abs(d.weights[n] - state.weights[n]) <= 5 for n in NAMES)
+    assert all(d.prewarm[n] >= state.floors[n][0] for n in NAMES)
 
 
 def test_never_routes_to_a_unit_without_ready_replicas():
