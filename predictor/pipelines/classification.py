@@ -250,10 +250,9 @@ class _ClassifierTask(Task):
         return [ClassifyItem(value, top_k) for value in values]
 
     def parse_v1(self, body: dict) -> list[ClassifyItem]:
-        instances, parameters = tensors.v1_instances(body, self.limits.max_batch_size, self.input_help)
-        unknown = sorted(set(parameters) - set(self.PARAMETERS))
-        if unknown:
-            raise InvalidInput(f"unknown parameter(s) {unknown}; supported: {list(self.PARAMETERS)}")
+        instances, parameters = tensors.v1_instances(
+            body, self.limits.max_batch_size, self.input_help, self.PARAMETERS
+        )
         top_k = self._top_k(parameters)
         return [
             ClassifyItem(self._v1_value(instance, f"instances[{i}]"), top_k) for i, instance in enumerate(instances)

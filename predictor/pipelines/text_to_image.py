@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 PARAMETER_NAMES = ("num_inference_steps", "guidance_scale", "height", "width", "seed")
 MAX_GUIDANCE_SCALE = 50.0
 MAX_PROMPT_CHARS = 4096
-MAX_SEED = 2**63 - 1
 # zlib level 1 encodes several times faster than the default 6 for noisy generated images, a few % larger.
 PNG_COMPRESS_LEVEL = 1
 
@@ -219,8 +218,7 @@ class TextToImageTask(Task):
             raise InvalidInput(
                 f"input 'negative_prompt' has {len(negatives)} elements; it must match 'prompt' ({len(prompts)})"
             )
-        raw = {key: tensors.parameter_value(key, value) for key, value in (request.parameters or {}).items()}
-        return self._items(prompts, negatives, raw)
+        return self._items(prompts, negatives, tensors.request_parameters(request, PARAMETER_NAMES))
 
     def parse_v1(self, body: dict) -> list[ImageItem]:
         instances = body.get("instances")
@@ -228,9 +226,7 @@ class TextToImageTask(Task):
             raise InvalidInput('v1 body must be {"instances": [{"prompt": ...}, ...]} with at least one instance')
         if len(instances) > self.limits.max_batch_size:
             raise InvalidInput(f"{len(instances)} instances exceed the batch limit of {self.limits.max_batch_size}")
-        defaults = body.get("parameters") or {}
-        if not isinstance(defaults, dict):
-            raise InvalidInput("'parameters' must be an object")
+        defaults = tensors.v1_parameters(body, PARAMETER_NAMES)
         items: list[ImageItem] = []
         for index, instance in enumerate(instances):
             if isinstance(instance, str):
@@ -266,9 +262,9 @@ class TextToImageTask(Task):
         params = self._params(raw, where)
         seed = raw.get("seed")
         if seed is None:
-            base_seed = random.randrange(MAX_SEED - len(prompts))
+            base_seed = random.randint(0, tensors.MAX_SEED - (len(prompts) - 1))
         else:
-            base_seed = _integer(seed, "seed", where, 0, MAX_SEED - len(prompts))
+            base_seed = tensors.seed(seed, len(prompts), where)
         negatives = negatives or [""] * len(prompts)
         return [
             ImageItem(prompt=prompt, negative_prompt=negative, params=params, seed=base_seed + index)
@@ -278,12 +274,12 @@ class TextToImageTask(Task):
     def _params(self, raw: Mapping[str, Any], where: str) -> ImageParams:
         default_height, default_width = self.default_size
         limits = self.limits
-        steps = _integer(
-            raw.get("num_inference_steps", limits.default_steps), "num_inference_steps", where, 1, limits.max_steps
+        steps = tensors.integer(
+            raw.get("num_inference_steps", limits.default_steps), "num_inference_steps", 1, limits.max_steps, where
         )
-        guidance = _number(raw.get("guidance_scale", 7.5), "guidance_scale", where, 0.0, MAX_GUIDANCE_SCALE)
-        height = _integer(raw.get("height", default_height), "height", where, 8, limits.max_height)
-        width = _integer(raw.get("width", default_width), "width", where, 8, limits.max_width)
+        guidance = tensors.number(raw.get("guidance_scale", 7.5), "guidance_scale", 0.0, MAX_GUIDANCE_SCALE, where)
+        height = tensors.integer(raw.get("height", default_height), "height", 8, limits.max_height, where)
+        width = tensors.integer(raw.get("width", default_width), "width", 8, limits.max_width, where)
         for name, value in (("height", height), ("width", width)):
             if value % 8:
                 raise InvalidInput(f"{where}: {name} must be a multiple of 8, got {value}")
@@ -322,28 +318,3 @@ class TextToImageTask(Task):
     def v1_predictions(self, results) -> list[dict]:
         return [{"image": encode_png(image)} for image in results]
 
-
-def _integer(value: Any, name: str, where: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise InvalidInput(f"{where}: {name} must be an integer, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise InvalidInput(f"{where}: {name} must be an integer, got {value!r}") from None
-    if not number.is_integer():
-        raise InvalidInput(f"{where}: {name} must be an integer, got {value!r}")
-    if not low <= number <= high:
-        raise InvalidInput(f"{where}: {name} must be between {low} and {high}, got {int(number)}")
-    return int(number)
-
-
-def _number(value: Any, name: str, where: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise InvalidInput(f"{where}: {name} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise InvalidInput(f"{where}: {name} must be a number, got {value!r}") from None
-    if not (low <= number <= high):  # also rejects NaN
-        raise InvalidInput(f"{where}: {name} must be between {low} and {high}, got {value!r}")
-    return number
