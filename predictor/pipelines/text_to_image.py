@@ -61,6 +61,10 @@ class ImageBackend(Protocol):
     #: (height, width) the backend was compiled for, or None when any multiple of 8 works.
     fixed_size: tuple[int, int] | None
     default_size: tuple[int, int]
+    #: True when the pipeline uses zero embeddings for "no negative prompt" but encodes "" when any
+    #: row of the call has one (SDXL's ``force_zeros_for_empty_prompt``): rows with and without a
+    #: negative prompt must then run in separate calls.
+    empty_negative_is_zeros: bool
 
     def generate(self, prompts: list[str], negative_prompts: list[str], params: ImageParams, seeds: list[int]) -> list:
         """Return one PIL image per prompt."""
@@ -109,6 +113,7 @@ class DiffusersBackend:
             sample_size = sample_size[0]
         self.default_size = (int(sample_size) * scale, int(sample_size) * scale)
         self.fixed_size = None
+        self.empty_negative_is_zeros = empty_negative_is_zeros(pipeline)
 
     def generate(self, prompts, negative_prompts, params: ImageParams, seeds):
         import torch
@@ -125,6 +130,15 @@ class DiffusersBackend:
                 generator=generators,
             )
         return output.images
+
+
+def empty_negative_is_zeros(pipeline) -> bool:
+    """diffusers' SDXL ``encode_prompt`` gives zero negative embeddings only when ``negative_prompt``
+    is None and ``force_zeros_for_empty_prompt`` is set; a list holding "" encodes "" instead."""
+    config = getattr(pipeline, "config", None)
+    if hasattr(config, "get"):
+        return bool(config.get("force_zeros_for_empty_prompt", False))
+    return bool(getattr(config, "force_zeros_for_empty_prompt", False))
 
 
 def _has_component(model_dir: str, name: str) -> bool:
@@ -293,6 +307,8 @@ class TextToImageTask(Task):
     # ---------------------------------------------------------------- running
 
     def batch_key(self, item: ImageItem) -> Hashable:
+        if getattr(self.backend, "empty_negative_is_zeros", False):
+            return (item.params, bool(item.negative_prompt))
         return item.params
 
     def run_batch(self, items: Sequence[ImageItem]) -> list[Any]:
