@@ -56,8 +56,16 @@ class TransformersBackend:
         from transformers import pipeline
 
         from predictor.pipelines.text_to_image import torch_dtype
+        from predictor.storage import local_weights_variant, weights_variant
 
-        self.pipeline = pipeline(task, model=model_dir, device=device_kind, dtype=torch_dtype(dtype, device_kind))
+        variant = local_weights_variant(model_dir, weights_variant(device_kind, dtype))
+        self.pipeline = pipeline(
+            task,
+            model=model_dir,
+            device=device_kind,
+            dtype=torch_dtype(dtype, device_kind),
+            model_kwargs={"variant": variant} if variant else None,
+        )
         id2label = self.pipeline.model.config.id2label
         self.labels = [id2label[index] for index in sorted(id2label)]
 

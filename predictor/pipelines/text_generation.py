@@ -313,10 +313,15 @@ class TransformersLMBackend:
     def __init__(self, model_dir: str, device_kind: str, dtype: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from predictor.storage import local_weights_variant, weights_variant
+
         self.device = device_kind
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.decoder = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_dtype(dtype, device_kind)).to(device_kind)
+        variant = local_weights_variant(model_dir, weights_variant(device_kind, dtype))
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=_dtype(dtype, device_kind), variant=variant
+        ).to(device_kind)
         self.model.eval()
         config = self.model.config
         self.context_length = int(getattr(config, "max_position_embeddings", None) or 2048)

@@ -88,9 +88,13 @@ class DiffusersBackend:
         import torch
         from diffusers import AutoPipelineForText2Image
 
+        from predictor.storage import local_weights_variant, weights_variant
+
         self.device = device_kind
         self.dtype = torch_dtype(dtype, device_kind)
-        kwargs: dict[str, Any] = {"torch_dtype": self.dtype}
+        # The variant the download chose for this device and dtype, or whatever is on disk instead.
+        self.variant = local_weights_variant(model_dir, weights_variant(device_kind, dtype))
+        kwargs: dict[str, Any] = {"dtype": self.dtype, "variant": self.variant}  # diffusers 0.42: not torch_dtype
         if _has_component(model_dir, "safety_checker"):
             kwargs.update(safety_checker=None, requires_safety_checker=False)
         pipeline = AutoPipelineForText2Image.from_pretrained(model_dir, **kwargs)
