@@ -61,6 +61,8 @@ class ImageBackend(Protocol):
     #: (height, width) the backend was compiled for, or None when any multiple of 8 works.
     fixed_size: tuple[int, int] | None
     default_size: tuple[int, int]
+    #: True when shapes compile on first use (torch.compile): only the warmed-up shapes are accepted.
+    compiled: bool
     #: True when the pipeline uses zero embeddings for "no negative prompt" but encodes "" when any
     #: row of the call has one (SDXL's ``force_zeros_for_empty_prompt``): rows with and without a
     #: negative prompt must then run in separate calls.
@@ -84,7 +86,14 @@ def torch_dtype(name: str, device_kind: str):
 class DiffusersBackend:
     """diffusers on CUDA or CPU, optionally compiled with torch.compile (inductor)."""
 
-    def __init__(self, model_dir: str, device_kind: str, dtype: str = "auto", compile_model: bool = False):
+    def __init__(
+        self,
+        model_dir: str,
+        device_kind: str,
+        dtype: str = "auto",
+        compile_model: bool = False,
+        compile_backend: Any = "inductor",
+    ):
         import torch
         from diffusers import AutoPipelineForText2Image
 
@@ -101,14 +110,15 @@ class DiffusersBackend:
         pipeline = pipeline.to(device_kind)
         pipeline.set_progress_bar_config(disable=True)
         if compile_model:
+            # inductor tunes for the shapes it sees; other backends (tests count compiled graphs) as they are
+            tuned = {"mode": "max-autotune-no-cudagraphs"} if compile_backend == "inductor" else {}
             denoiser_name = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
             denoiser = getattr(pipeline, denoiser_name)
             denoiser.to(memory_format=torch.channels_last)
-            setattr(
-                pipeline, denoiser_name, torch.compile(denoiser, backend="inductor", mode="max-autotune-no-cudagraphs")
-            )
+            setattr(pipeline, denoiser_name, torch.compile(denoiser, backend=compile_backend, **tuned))
             pipeline.vae.to(memory_format=torch.channels_last)
-            pipeline.vae.decode = torch.compile(pipeline.vae.decode, backend="inductor")
+            pipeline.vae.decode = torch.compile(pipeline.vae.decode, backend=compile_backend)
+        self.compiled = compile_model
         self.pipeline = pipeline
         scale = getattr(pipeline, "vae_scale_factor", 8)
         sample = getattr(getattr(pipeline, "unet", None), "config", None)
@@ -205,12 +215,39 @@ class TextToImageTask(Task):
         base = self.backend.default_size if self.backend is not None else (512, 512)
         return (self.limits.default_height or base[0], self.limits.default_width or base[1])
 
+    @property
+    def accepted_size(self) -> tuple[int, int] | None:
+        """The one (height, width) accepted, for compiled models; None when any size within limits is."""
+        if self.backend is None:
+            return None
+        if self.backend.fixed_size:
+            return self.backend.fixed_size
+        if getattr(self.backend, "compiled", False):
+            return self.default_size
+        return None
+
     def warmup_items(self) -> list[ImageItem]:
+        return self._warmup_batch(1, 7.5)
+
+    def warmup_batches(self) -> list[list[ImageItem]]:
+        """One batch, or with torch.compile every shape a request can reach, so none compiles once ready.
+
+        The accepted size is one (``accepted_size``); what varies is the batch (1 ..
+        ``--max_batch_size`` rows) and classifier-free guidance, which diffusers turns on for
+        ``guidance_scale > 1`` and which doubles the rows the denoiser sees.
+        """
+        if not getattr(self.backend, "compiled", False):
+            return [self.warmup_items()]
+        return [
+            self._warmup_batch(size, guidance)
+            for guidance in (7.5, 1.0)
+            for size in range(1, self.limits.max_batch_size + 1)
+        ]
+
+    def _warmup_batch(self, size: int, guidance: float) -> list[ImageItem]:
         height, width = self.default_size
-        params = ImageParams(
-            num_inference_steps=min(2, self.limits.max_steps), guidance_scale=7.5, height=height, width=width
-        )
-        return [ImageItem(prompt="warm-up", negative_prompt="", params=params, seed=0)]
+        params = ImageParams(min(2, self.limits.max_steps), min(guidance, MAX_GUIDANCE_SCALE), height, width)
+        return [ImageItem(prompt="warm-up", negative_prompt="", params=params, seed=seed) for seed in range(size)]
 
     # ---------------------------------------------------------------- metadata
 
@@ -301,7 +338,7 @@ class TextToImageTask(Task):
         for name, value in (("height", height), ("width", width)):
             if value % 8:
                 raise InvalidInput(f"{where}: {name} must be a multiple of 8, got {value}")
-        fixed = self.backend.fixed_size if self.backend is not None else None
+        fixed = self.accepted_size
         if fixed and (height, width) != fixed:
             raise InvalidInput(
                 f"{where}: this model was compiled for {fixed[0]}x{fixed[1]} images; got height={height}, width={width}"
