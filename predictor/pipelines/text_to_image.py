@@ -288,9 +288,12 @@ class TextToImageTask(Task):
                 instance = {"prompt": instance}
             if not isinstance(instance, dict):
                 raise InvalidInput(f"instances[{index}] must be an object with a 'prompt' or a string")
-            unknown = set(instance) - {"prompt", "negative_prompt", *PARAMETER_NAMES}
+            fields = {"prompt", "negative_prompt", *PARAMETER_NAMES}
+            unknown = set(instance) - fields
             if unknown:
-                raise InvalidInput(f"instances[{index}]: unknown field(s) {sorted(unknown)}")
+                raise InvalidInput(
+                    f"instances[{index}]: unknown field(s) {sorted(unknown)}; supported: {sorted(fields)}"
+                )
             prompt = instance.get("prompt")
             negative = instance.get("negative_prompt")
             for field, value in (("prompt", prompt), ("negative_prompt", negative)):

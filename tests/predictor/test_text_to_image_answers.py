@@ -116,6 +116,13 @@ def test_v1_unknown_request_parameter_is_400(server):
     assert "num_inference_step'" in response.text and "num_inference_steps" in response.text
 
 
+def test_v1_unknown_instance_field_is_400_naming_the_accepted_ones(server):
+    body = {"instances": [{"prompt": "a cat", "num_inference_step": 3}]}
+    response = requests.post(f"{server.http}/v1/models/sd:predict", json=body, timeout=120)
+    assert response.status_code == 400, response.text
+    assert "num_inference_step'" in response.text and "num_inference_steps" in response.text
+
+
 def test_reserved_protocol_parameters_are_accepted(server):
     response = infer(server, "sd", v2_body(["a cat"], {"binary_data_output": False, "priority": 1, "seed": 1}))
     assert response.status_code == 200, response.text
