@@ -177,12 +177,12 @@ def v1_instances(body: Mapping, limit: int, example: str, known: Iterable[str]) 
 # been rounded by the client's or the server's JSON parser.
 EXACT_FLOAT_INTEGER = 2**53
 
-# Seeds seed ``torch.Generator`` objects on the CPU (diffusers' initial latents, text-generation
-# sampling). Its mt19937 engine keeps only the low 32 bits of a seed (ATen/core/MT19937RNGEngine.h,
+# Seeds seed ``torch.Generator`` objects. diffusers' initial latents come from CPU generators on
+# every device (as diffusers recommends, for the same image everywhere), and CPU sampling of text
+# does too. The CPU mt19937 engine keeps only the low 32 bits of a seed (ATen/core/MT19937RNGEngine.h,
 # ``init_with_uint32``: ``state_[0] = seed & 0xffffffff``), so 12345 and 2**33 + 12345 give the same
-# stream. The accepted range is exactly what the generator honours. (CUDA's Philox generator keeps
-# all 64 bits, but the generators here are CPU ones on every device, so a seed means the same
-# image or text on CPU, CUDA and Neuron.)
+# stream. CUDA's Philox generator keeps all 64 bits (ATen/cuda/CUDAGeneratorImpl.h ``seed_``), but
+# one range for every device and task is the one the CPU engine honours.
 MAX_SEED = 2**32 - 1
 
 

@@ -362,14 +362,13 @@ class RowSampler:
     """A logits processor that samples each row's next token from that row's own generator.
 
     transformers' sampling draws every row from the one global random stream, so a seeded row's
-    text would depend on the rows batched with it. Here each row has a CPU ``torch.Generator``
-    (seeded from its ``seed``, or randomly), the usual warpers (temperature, top-k, top-p, in
-    transformers' order) apply to the whole batch, and the chosen token comes back as one-hot
-    scores that greedy decoding then picks.
+    text would depend on the rows batched with it. Here each row has its own ``torch.Generator``
+    on the scores' device (seeded from its ``seed``, or at random), the usual warpers
+    (temperature, top-k, top-p, in transformers' order) apply to the whole batch, and the chosen
+    tokens come back as one-hot scores that greedy decoding then picks.
     """
 
     def __init__(self, sampling: SamplingParams, seeds: Sequence[int | None], top_k: int | None = None):
-        import torch
         from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
         self.warpers = [TemperatureLogitsWarper(sampling.temperature)]
@@ -377,22 +376,26 @@ class RowSampler:
             self.warpers.append(TopKLogitsWarper(int(top_k)))
         if sampling.top_p < 1.0:
             self.warpers.append(TopPLogitsWarper(sampling.top_p))
-        self.generators = [
-            torch.Generator(device="cpu").manual_seed(random.randint(0, tensors.MAX_SEED) if seed is None else seed)
-            for seed in seeds
-        ]
+        self.seeds = [random.randint(0, tensors.MAX_SEED) if seed is None else seed for seed in seeds]
+        self.generators: list | None = None  # created on the scores' device at the first step
 
     def __call__(self, input_ids, scores):
         import torch
 
         for warper in self.warpers:
             scores = warper(input_ids, scores)
-        probabilities = torch.softmax(scores.float(), dim=-1).cpu()
+        probabilities = torch.softmax(scores.float(), dim=-1)
+        if self.generators is None:
+            device = probabilities.device
+            self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in self.seeds]
+        tokens = torch.stack(
+            [
+                torch.multinomial(probabilities[row], 1, generator=generator)
+                for row, generator in enumerate(self.generators[: scores.shape[0]])
+            ]
+        )
         chosen = torch.full_like(scores, float("-inf"))
-        for row, generator in enumerate(self.generators[: scores.shape[0]]):
-            token = torch.multinomial(probabilities[row], 1, generator=generator)
-            chosen[row, int(token)] = 0.0
-        return chosen
+        return chosen.scatter_(1, tokens, 0.0)
 
 
 def _pad_id(tokenizer, eos_ids: frozenset[int]) -> int:
