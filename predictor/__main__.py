@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from predictor.device import DeviceUnavailableError, detect_device
     from predictor.pipelines import UnknownTaskError, infer_task, task_class
     from predictor.pipelines.base import ServingLimits
-    from predictor.storage import ModelSourceError, prepare_model_dir
+    from predictor.storage import ModelSourceError, prepare_model_dir, weights_variant
 
     try:
         device = detect_device(args.device)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         except NeuronSDKMissingError as error:
             return _fail(str(error))
 
-    variant = "fp16" if args.dtype == "float16" or (args.dtype == "auto" and device.kind == "cuda") else None
+    variant = weights_variant(device.kind, args.dtype)  # the loaders pick the same (predictor.storage)
     try:
         model_dir = prepare_model_dir(
             args.model_dir, args.model_id, args.model_revision, variant=variant, neuron=device.kind == "neuron"

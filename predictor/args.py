@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--torch_compile",
         type=_bool,
         default=False,
-        help="Compile the UNet and VAE decoder with torch.compile (inductor) and channels_last.",
+        help="Compile the UNet and VAE decoder with torch.compile (inductor) and channels_last. Requests are then "
+        "limited to the default size (--default_height/--default_width or the model's), and every batch size up "
+        "to --max_batch_size, with and without guidance, is compiled during warm-up, before the model is ready.",
     )
 
     serving = parser.add_argument_group("serving")

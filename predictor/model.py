@@ -71,9 +71,10 @@ class PredictorModel(Model):
         self.task.load()
         loaded = time.monotonic()
         if self.warmup:
-            items = self.task.warmup_items()
-            self.task.run_batch(items)
-            logger.info("warm-up inference of %d item(s) took %.2fs", len(items), time.monotonic() - loaded)
+            batches = self.task.warmup_batches()
+            for items in batches:
+                self.task.run_batch(items)
+            logger.info("warm-up inference of %d batch(es) took %.2fs", len(batches), time.monotonic() - loaded)
         logger.info("model %s ready on %s after %.2fs", self.name, self.device.describe(), time.monotonic() - started)
         self.ready = True
         metrics.MODEL_READY.labels(**self.labels).set(1)
@@ -127,7 +128,7 @@ class PredictorModel(Model):
         raise InvalidInput(f"unsupported request body of type {type(payload).__name__}")
 
     async def _predict_v2(self, request: InferRequest) -> InferResponse:
-        items = self.task.parse_v2(request)
+        items = await self.task.off_loop(self.task.parse_v2, request)
         results = await self.batcher.submit(items)
         binary = bool(request.use_binary_outputs)
         outputs = await asyncio.get_running_loop().run_in_executor(self.encoder, self.task.v2_outputs, results, binary)
@@ -141,7 +142,7 @@ class PredictorModel(Model):
         )
 
     async def _predict_v1(self, body: dict) -> dict:
-        items = self.task.parse_v1(body)
+        items = await self.task.off_loop(self.task.parse_v1, body)
         results = await self.batcher.submit(items)
         predictions = await asyncio.get_running_loop().run_in_executor(self.encoder, self.task.v1_predictions, results)
         return {"predictions": predictions}

@@ -97,7 +97,7 @@ class OpenAITextGenerationModel(PredictorModel):
         messages = _chat_messages(request.get("messages"))
         if request.get("max_completion_tokens") is not None:
             request = {**request, "max_tokens": request["max_completion_tokens"]}
-        prompt = self._invalid_as_400(lambda: self.task.chat_prompt(messages), "messages")
+        prompt = await self._invalid_as_400(self.task.off_loop(self.task.chat_prompt, messages), "messages")
         return await self._run(request, [prompt], templated=True, chat=True)
 
     # ---------------------------------------------------------------- common
@@ -124,9 +124,10 @@ class OpenAITextGenerationModel(PredictorModel):
             raise OpenAIError(HTTPStatus.BAD_REQUEST, "stream_options must be an object", "stream_options")
         return body
 
-    def _invalid_as_400(self, build, param: str | None = None):
+    async def _invalid_as_400(self, parsing, param: str | None = None):
+        """Await request parsing (run off the event loop by the task); its InvalidInput is a 400."""
         try:
-            return build()
+            return await parsing
         except InvalidInput as error:
             raise OpenAIError(HTTPStatus.BAD_REQUEST, str(error), param) from None
 
@@ -136,7 +137,7 @@ class OpenAITextGenerationModel(PredictorModel):
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         response = _Response(self.name, chat, len(prompts))
         if not stream:
-            items = self._invalid_as_400(lambda: self.task.items(prompts, raw, templated=templated))
+            items = await self._invalid_as_400(self.task.off_loop(self.task.items, prompts, raw, templated=templated))
             results = await self._submit(items)
             return response.complete(results)
 
@@ -146,7 +147,9 @@ class OpenAITextGenerationModel(PredictorModel):
         def sink_for(index: int):
             return lambda text: loop.call_soon_threadsafe(queue.put_nowait, (index, text))
 
-        items = self._invalid_as_400(lambda: self.task.items(prompts, raw, templated=templated, sink_for=sink_for))
+        items = await self._invalid_as_400(
+            self.task.off_loop(self.task.items, prompts, raw, templated=templated, sink_for=sink_for)
+        )
         submitted = asyncio.ensure_future(self.batcher.submit(items))
         await asyncio.sleep(0)  # the batcher checks its queue at once: a full queue is a 503, not a broken stream
         if submitted.done() and submitted.exception() is not None:

@@ -6,6 +6,16 @@ selectively: only the files the pipeline loads (configs, tokenizer, and one weig
 component) rather than every file of the repo. Stable Diffusion repos also carry multi-GB
 single-file checkpoints at their root and several weight variants; skipping those is most of
 the start-up time saved. The same selection applies to Hugging Face and S3 listings.
+
+What is downloaded is what is loaded: ``weights_variant(device, dtype)`` is the one choice of
+weights variant (fp16 on CUDA) used both to select files and, through ``local_weights_variant``,
+to pass ``variant=`` to ``from_pretrained`` for what is actually on disk.
+
+A download is complete only when it says so: a marker file is written before the first byte and
+replaced by a manifest (files and sizes) after the last. A directory with the marker (a pod killed
+mid-download) or whose files no longer match its manifest is fetched again, resuming: files
+already there at their full size are kept, and S3 objects are written to ``*.part`` and renamed
+when complete, so a truncated file never carries its final name.
 """
 
 from __future__ import annotations
@@ -24,6 +34,9 @@ CONFIG_SUFFIXES = (".json", ".txt", ".model", ".tiktoken")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 NEURON_SUFFIX = ".neuron"
 KNOWN_VARIANTS = ("fp16", "bf16", "ema", "non_ema", "fp32")
+DOWNLOAD_MANIFEST = ".predictor-download.json"
+DOWNLOAD_INCOMPLETE = ".predictor-download-incomplete"
+PART_SUFFIX = ".part"
 
 
 class ModelSourceError(RuntimeError):
@@ -33,6 +46,32 @@ class ModelSourceError(RuntimeError):
 def has_model(directory: str | Path) -> bool:
     path = Path(directory)
     return any((path / marker).is_file() for marker in MODEL_MARKERS)
+
+
+def weights_variant(device_kind: str, dtype: str) -> str | None:
+    """The weights variant to fetch and load: half-precision files where the weights run in float16."""
+    if dtype == "float16" or (dtype == "auto" and device_kind == "cuda"):
+        return "fp16"
+    return None
+
+
+def local_weights_variant(model_dir: str | Path, preferred: str | None = None) -> str | None:
+    """The ``variant=`` for ``from_pretrained`` that loads the weights present in ``model_dir``.
+
+    The same rule as the download selection (``_pick_weights``): the preferred variant where its
+    files exist, else the plain files, else the variant a folder holds only. diffusers loads the
+    plain file of a component that lacks the variant file, so one variant serves a mixed pipeline.
+    """
+    directory = Path(model_dir)
+    by_folder: dict[Path, set[str | None]] = {}
+    for path in [*directory.glob("*"), *directory.glob("*/*")]:
+        if path.is_file() and path.name.endswith(WEIGHT_SUFFIXES):
+            by_folder.setdefault(path.parent, set()).add(_variant_of(path.name))
+    present = set().union(*by_folder.values()) if by_folder else set()
+    if preferred is not None and preferred in present:
+        return preferred
+    only_variants = sorted(v for found in by_folder.values() if None not in found for v in found if v is not None)
+    return only_variants[0] if only_variants else None
 
 
 def _variant_of(filename: str) -> str | None:
@@ -188,6 +227,7 @@ def download_s3(
     client = client or s3_client()
     key_prefix = f"{prefix}/" if prefix else ""
     keys: dict[str, str] = {}
+    sizes: dict[str, int] = {}
     paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix):
         for item in page.get("Contents", []):
@@ -195,6 +235,7 @@ def download_s3(
             if key.endswith("/"):
                 continue
             keys[key[len(key_prefix) :]] = key
+            sizes[key[len(key_prefix) :]] = int(item.get("Size", -1))
     if not keys:
         raise ModelSourceError(f"s3://{uri_location}: no objects under this prefix")
     components = None
@@ -207,8 +248,12 @@ def download_s3(
 
     def fetch(relative: str) -> None:
         target = destination / relative
+        if target.is_file() and target.stat().st_size == sizes[relative]:
+            return  # complete from an earlier, interrupted attempt
         target.parent.mkdir(parents=True, exist_ok=True)
-        client.download_file(bucket, keys[relative], str(target))
+        part = target.with_name(target.name + PART_SUFFIX)
+        client.download_file(bucket, keys[relative], str(part))
+        os.replace(part, target)
 
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         list(pool.map(fetch, selected))
@@ -216,6 +261,42 @@ def download_s3(
 
 
 # ---------------------------------------------------------------- entry point
+
+
+def _manifest(directory: Path) -> dict | None:
+    try:
+        return json.loads((directory / DOWNLOAD_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _download_is_complete(directory: Path, source: dict) -> bool:
+    """True when ``directory`` holds a finished download of ``source`` whose files are all still there."""
+    if (directory / DOWNLOAD_INCOMPLETE).exists():
+        return False
+    manifest = _manifest(directory)
+    if manifest is None or manifest.get("source") != source:
+        return False
+    for relative, size in manifest.get("files", {}).items():
+        path = directory / relative
+        if not path.is_file() or path.stat().st_size != size:
+            logger.warning("%s: %s is missing or truncated; fetching the model again", directory, relative)
+            return False
+    return True
+
+
+def _write_manifest(directory: Path, source: dict) -> None:
+    files = {
+        path.relative_to(directory).as_posix(): path.stat().st_size
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+        and path.name not in (DOWNLOAD_MANIFEST, DOWNLOAD_INCOMPLETE)
+        and not path.name.endswith(PART_SUFFIX)
+        and ".cache" not in path.relative_to(directory).parts  # huggingface_hub's own bookkeeping
+    }
+    temporary = directory / (DOWNLOAD_MANIFEST + PART_SUFFIX)
+    temporary.write_text(json.dumps({"source": source, "files": files}, indent=1, sort_keys=True))
+    os.replace(temporary, directory / DOWNLOAD_MANIFEST)
 
 
 def prepare_model_dir(
@@ -226,11 +307,21 @@ def prepare_model_dir(
     variant: str | None = None,
     neuron: bool = False,
 ) -> Path:
-    """Return a local directory holding the model, downloading ``model_id`` into ``model_dir`` if needed."""
+    """Return a local directory holding the model, downloading ``model_id`` into ``model_dir`` if needed.
+
+    A directory that holds a model and was not downloaded here (KServe's storage initializer
+    mounts ``/mnt/models``) is used as it is. One this function downloaded is used only when the
+    download finished and every file is still there; otherwise the download is resumed.
+    """
     directory = Path(model_dir)
-    if has_model(directory):
-        return directory
+    interrupted = (directory / DOWNLOAD_INCOMPLETE).exists()
     if not model_id:
+        if interrupted:
+            raise ModelSourceError(
+                f"--model_dir {directory} holds an interrupted download; give --model_id to fetch it again"
+            )
+        if has_model(directory):
+            return directory
         raise ModelSourceError(
             f"--model_dir {directory} holds no model (no model_index.json or config.json) and no --model_id was given"
         )
@@ -239,11 +330,19 @@ def prepare_model_dir(
         if not has_model(location):
             raise ModelSourceError(f"--model_id {model_id}: no model_index.json or config.json there")
         return Path(location)
+    source = {"model_id": model_id, "revision": revision, "variant": variant, "neuron": neuron}
+    if _download_is_complete(directory, source):
+        return directory
+    if has_model(directory) and not interrupted and _manifest(directory) is None:
+        return directory  # a model put here by someone else (a mounted storageUri): not ours to fetch
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / DOWNLOAD_INCOMPLETE).write_text(json.dumps(source))
     if scheme == "s3":
         download_s3(location, directory, variant=variant, neuron=neuron)
     else:
         download_hf(location, directory, revision, variant=variant, neuron=neuron)
     if not has_model(directory):
         raise ModelSourceError(f"--model_id {model_id}: downloaded files hold no model_index.json or config.json")
+    _write_manifest(directory, source)
+    (directory / DOWNLOAD_INCOMPLETE).unlink()
     return directory

@@ -9,6 +9,7 @@ but every code path of the real pipelines runs. Each model is well under a few M
   image-classification  ViT (32x32, patch 8), PIL image processor, labels cat/dog/bird
   object-detection      YOLOS (ViT backbone, no timm/torchvision), labels cat/dog/person
   text-generation       Llama-class causal LM, byte-level BPE tokenizer with a chat template
+                        (``build_gpt2_lm``: a GPT-2 with learned positions and a 64-token context)
 
 Usage: ``python -m predictor.tiny_models DIR --task TASK [--seed 0]``
 """
@@ -165,6 +166,19 @@ def _byte_level_tokenizer():
     return tokenizer
 
 
+def _readable_output_only(model, tokenizer) -> None:
+    """Only lowercase letters and spaces get non-zero output rows, so greedy decoding writes words
+    (and never the end token: a request runs to max_tokens or a stop sequence)."""
+    import torch
+
+    readable = tokenizer.convert_tokens_to_ids([*"abcdefghijklmnopqrstuvwxyz", "Ġ"])
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        keep = torch.zeros(head.weight.shape[0], dtype=torch.bool)
+        keep[readable] = True
+        head.weight[~keep] = 0.0
+
+
 def build_causal_lm(output_dir: str | Path, seed: int = 0) -> Path:
     """Llama-class causal LM (GQA, RoPE, SwiGLU) with a byte-level tokenizer and a chat template."""
     import torch
@@ -189,13 +203,42 @@ def build_causal_lm(output_dir: str | Path, seed: int = 0) -> Path:
         initializer_range=0.3,  # livelier greedy output than the default's repeated byte
     )
     model = LlamaForCausalLM(config)
-    # Readable output: only lowercase letters and spaces get non-zero output rows, so greedy decoding
-    # writes words (and never the end token: a request runs to max_tokens or a stop sequence).
-    readable = tokenizer.convert_tokens_to_ids([*"abcdefghijklmnopqrstuvwxyz", "Ġ"])
-    with torch.no_grad():
-        keep = torch.zeros(config.vocab_size, dtype=torch.bool)
-        keep[readable] = True
-        model.lm_head.weight[~keep] = 0.0
+    _readable_output_only(model, tokenizer)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    return output
+
+
+def build_gpt2_lm(output_dir: str | Path, seed: int = 0, context: int = 64) -> Path:
+    """GPT-2 causal LM: learned position embeddings, so running past ``context`` positions fails
+    (an IndexError on CPU, a device-side assert on CUDA) where RoPE models would go on silently."""
+    import torch
+    from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
+
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = _byte_level_tokenizer()
+    tokenizer.model_max_length = context
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=context,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.3,
+        tie_word_embeddings=False,
+    )
+    model = GPT2LMHeadModel(config)
+    _readable_output_only(model, tokenizer)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -8,7 +8,7 @@ batch on the device, and how to write results back. Adding a task never touches 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,15 @@ class Task(ABC):
         self.device = device
         self.limits = limits
         self.options = options
+
+    async def off_loop(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run request parsing for this task; tasks whose parsing is slow (tokenizing long prompts)
+        override it to run on their own thread, so the event loop keeps answering health checks."""
+        return function(*args, **kwargs)
+
+    def warmup_batches(self) -> list[list[Any]]:
+        """Every batch to run before the model reports ready (one per shape a compiled model accepts)."""
+        return [self.warmup_items()]
 
     @abstractmethod
     def load(self) -> None:

@@ -56,8 +56,16 @@ class TransformersBackend:
         from transformers import pipeline
 
         from predictor.pipelines.text_to_image import torch_dtype
+        from predictor.storage import local_weights_variant, weights_variant
 
-        self.pipeline = pipeline(task, model=model_dir, device=device_kind, dtype=torch_dtype(dtype, device_kind))
+        variant = local_weights_variant(model_dir, weights_variant(device_kind, dtype))
+        self.pipeline = pipeline(
+            task,
+            model=model_dir,
+            device=device_kind,
+            dtype=torch_dtype(dtype, device_kind),
+            model_kwargs={"variant": variant} if variant else None,
+        )
         id2label = self.pipeline.model.config.id2label
         self.labels = [id2label[index] for index in sorted(id2label)]
 
@@ -250,10 +258,9 @@ class _ClassifierTask(Task):
         return [ClassifyItem(value, top_k) for value in values]
 
     def parse_v1(self, body: dict) -> list[ClassifyItem]:
-        instances, parameters = tensors.v1_instances(body, self.limits.max_batch_size, self.input_help)
-        unknown = sorted(set(parameters) - set(self.PARAMETERS))
-        if unknown:
-            raise InvalidInput(f"unknown parameter(s) {unknown}; supported: {list(self.PARAMETERS)}")
+        instances, parameters = tensors.v1_instances(
+            body, self.limits.max_batch_size, self.input_help, self.PARAMETERS
+        )
         top_k = self._top_k(parameters)
         return [
             ClassifyItem(self._v1_value(instance, f"instances[{i}]"), top_k) for i, instance in enumerate(instances)

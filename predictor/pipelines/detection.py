@@ -18,7 +18,6 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
 
 from predictor.pipelines import tensors
@@ -97,11 +96,8 @@ class ObjectDetectionTask(Task):
 
     def parse_v1(self, body: dict) -> list[DetectItem]:
         instances, parameters = tensors.v1_instances(
-            body, self.limits.max_batch_size, '"<base64 image>" or {"image": {"b64": ...}}'
+            body, self.limits.max_batch_size, '"<base64 image>" or {"image": {"b64": ...}}', self.PARAMETERS
         )
-        unknown = sorted(set(parameters) - set(self.PARAMETERS))
-        if unknown:
-            raise InvalidInput(f"unknown parameter(s) {unknown}; supported: {list(self.PARAMETERS)}")
         threshold, top_k = self._params(parameters)
         return [
             DetectItem(v1_image(instance, f"instances[{i}]"), threshold, top_k) for i, instance in enumerate(instances)

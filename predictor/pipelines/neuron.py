@@ -73,6 +73,12 @@ class NeuronImageBackend:
         self.fixed_size = (height, width) if height and width else None
         self.default_size = self.fixed_size or (512, 512)
         self.compiled_batch = self.shapes.get("batch_size", 1)
+        self.compiled = False  # compiled ahead of time: its one size is ``fixed_size``
+        from predictor.pipelines.text_to_image import empty_negative_is_zeros
+
+        self.empty_negative_is_zeros = empty_negative_is_zeros(self.pipeline) or (
+            "XL" in class_name and index.get("force_zeros_for_empty_prompt", True)
+        )
         logger.info("loaded %s from %s, compiled shapes %s", class_name, model_dir, self.shapes)
 
     def generate(self, prompts, negative_prompts, params, seeds):

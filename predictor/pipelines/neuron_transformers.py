@@ -80,7 +80,11 @@ class NeuronCausalLMBackend:
             self.context_length,
         )
 
-    def generate(self, rows, max_new_tokens, sampling, criteria):
+    # optimum-neuron samples inside its own generate loop: one seed per call (the task batches only
+    # rows with equal seeds together).
+    per_row_seeds = False
+
+    def generate(self, rows, max_new_tokens, sampling, criteria, seeds):
         import torch
         from transformers import StoppingCriteriaList
 
@@ -94,8 +98,8 @@ class NeuronCausalLMBackend:
             ids, mask = left_pad(padded_rows, self.pad_id)
             # Repeats only fill the static batch: the criterion treats them as done.
             chunk_criteria = criteria(real + [None] * (self.batch_size - len(real)))
-            if sampling.seed is not None:
-                torch.manual_seed(sampling.seed)
+            if not sampling.greedy and seeds[0] is not None:
+                torch.manual_seed(seeds[0])
             with torch.inference_mode():
                 output = self.model.generate(
                     input_ids=ids,

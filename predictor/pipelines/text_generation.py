@@ -10,10 +10,13 @@ v1: ``{"instances": ["prompt", {"prompt": ...}], "parameters": {...}}`` ->
 The OpenAI-compatible completions and chat completions (with streaming) are in
 ``predictor.openai_model``; they build the same work items, so all three share one batcher.
 
-Batching: items with the same sampling parameters (temperature, top_p, seed) share one
-``generate`` call with left-padded prompts; each row keeps its own ``max_tokens`` and stop
-sequences, tracked per step by a stopping criterion that also streams text deltas. A row that
-is done stops early (padding only) while the others go on.
+Batching: items with the same sampling parameters (temperature, top_p) share one ``generate``
+call with left-padded prompts; each row keeps its own ``max_tokens``, stop sequences and random
+generator (seeded from its ``seed``), so a row's answer does not depend on its neighbours. A
+stopping criterion tracks every row per step and streams text deltas; a row that is done stops
+early (padding only) while the others go on. A batch whose longest prompt plus largest
+``max_tokens`` would not fit the context (or Neuron's compiled sequence length) is split into
+calls that do.
 
 Omitted ``temperature``/``top_p`` take the model's ``generation_config`` values when it samples
 by default, and greedy decoding when it does not.
@@ -24,7 +27,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,7 +45,6 @@ PARAMETER_NAMES = ("max_tokens", "temperature", "top_p", "stop", "seed")
 MAX_PROMPT_CHARS = 200_000
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 256
-MAX_SEED = 2**63 - 1
 DEFAULT_MAX_TOKENS = int(os.environ.get("PREDICTOR_DEFAULT_MAX_TOKENS", "256"))
 MAX_TOKENS_LIMIT = int(os.environ.get("PREDICTOR_MAX_TOKENS", "4096"))
 
@@ -51,7 +55,6 @@ class SamplingParams:
 
     temperature: float  # 0: greedy
     top_p: float
-    seed: int | None
 
     @property
     def greedy(self) -> bool:
@@ -68,6 +71,8 @@ class GenerateItem:
     sink: Callable[[str], None] | None = None
     #: Set by a streaming client that went away; its row stops at the next step.
     cancelled: bool = False
+    #: Seed of this row's own random generator when sampling (None: a random one).
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,8 +91,12 @@ class CausalLMBackend(Protocol):
     context_length: int
     generation_defaults: Mapping[str, Any]  # do_sample, temperature, top_p from generation_config
     eos_token_ids: frozenset[int]
+    #: True when each row samples from its own generator (``seeds``); else one seed per call.
+    per_row_seeds: bool
 
-    def generate(self, rows: list[list[int]], max_new_tokens: int, sampling: SamplingParams, criteria) -> Any:
+    def generate(
+        self, rows: list[list[int]], max_new_tokens: int, sampling: SamplingParams, criteria, seeds: list[int | None]
+    ) -> Any:
         """Run generation on token-id rows; ``criteria(chunk_rows)`` returns the stopping criterion for a chunk."""
 
 
@@ -96,7 +105,14 @@ class CausalLMBackend(Protocol):
 
 @dataclass
 class RowState:
-    """The progress of one item during a ``generate`` call."""
+    """The progress of one item during a ``generate`` call.
+
+    Text is decoded incrementally: each step decodes only the tokens since the last emitted
+    piece plus the piece before it (for tokenizers whose decoding depends on the previous token,
+    e.g. SentencePiece's leading space), as TGI and vLLM do, so a row of n tokens costs O(n)
+    decoding rather than O(n^2). A step whose text ends in an incomplete UTF-8 character waits
+    for the next token.
+    """
 
     item: GenerateItem
     decoder: Any
@@ -105,6 +121,9 @@ class RowState:
     text: str = ""
     emitted: int = 0  # characters of ``text`` handed to the sink
     finish_reason: str | None = None
+    _prefix_offset: int = 0  # tokens[_prefix_offset:_read_offset] decode to the end of ``text``
+    _read_offset: int = 0
+    _searched: int = 0  # characters of ``text`` already searched for stop sequences
 
     @property
     def done(self) -> bool:
@@ -117,28 +136,52 @@ class RowState:
             self.finish_reason = "cancelled"
             return
         if token in self.eos_token_ids:
-            self._finish("stop", len(self.text))
+            self._finish("stop", len(self.text + self._pending_text()))
             return
         self.tokens.append(token)
-        self.text = self.decoder.decode(self.tokens, skip_special_tokens=True)
+        self.text += self._decoded_delta()
         cut = self._stop_at()
         if cut is not None:
             self._finish("stop", cut)
         elif len(self.tokens) >= self.item.max_tokens:
-            self._finish("length", len(self.text))
+            self._finish("length", len(self.text + self._pending_text()))
         else:
             self._emit(self._safe_end())
 
     def close(self) -> None:
         """Generation ended (batch length or context reached) before the row finished."""
         if not self.done:
-            self._finish("length", len(self.text))
+            self._finish("length", len(self.text + self._pending_text()))
 
     def result(self) -> Generation:
         return Generation(self.text, self.finish_reason or "length", len(self.item.input_ids), len(self.tokens))
 
+    def _decoded_delta(self) -> str:
+        """Text the tokens since ``_read_offset`` add, or "" while it ends in a partial character."""
+        decode = self.decoder.decode
+        before = decode(self.tokens[self._prefix_offset : self._read_offset], skip_special_tokens=True)
+        after = decode(self.tokens[self._prefix_offset :], skip_special_tokens=True)
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        self._prefix_offset, self._read_offset = self._read_offset, len(self.tokens)
+        return after[len(before) :]
+
+    def _pending_text(self) -> str:
+        """Text of tokens held back for an incomplete character (flushed when the row ends)."""
+        if self._read_offset == len(self.tokens):
+            return ""
+        decode = self.decoder.decode
+        before = decode(self.tokens[self._prefix_offset : self._read_offset], skip_special_tokens=True)
+        after = decode(self.tokens[self._prefix_offset :], skip_special_tokens=True)
+        return after[len(before) :]
+
     def _stop_at(self) -> int | None:
-        hits = [index for index in (self.text.find(stop) for stop in self.item.stop) if index >= 0]
+        if not self.item.stop:
+            return None
+        longest = max(len(stop) for stop in self.item.stop)
+        start = max(0, self._searched - longest + 1)  # a stop may straddle the old end of the text
+        self._searched = len(self.text)
+        hits = [index for index in (self.text.find(stop, start) for stop in self.item.stop) if index >= 0]
         return min(hits) if hits else None
 
     def _safe_end(self) -> int:
@@ -154,7 +197,8 @@ class RowState:
         return end
 
     def _finish(self, reason: str, end: int) -> None:
-        self.text = self.text[:end]
+        self.text = (self.text + self._pending_text())[:end]
+        self._read_offset = len(self.tokens)
         self._emit(end)
         self.finish_reason = reason
 
@@ -269,10 +313,15 @@ class TransformersLMBackend:
     def __init__(self, model_dir: str, device_kind: str, dtype: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from predictor.storage import local_weights_variant, weights_variant
+
         self.device = device_kind
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.decoder = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_dtype(dtype, device_kind)).to(device_kind)
+        variant = local_weights_variant(model_dir, weights_variant(device_kind, dtype))
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=_dtype(dtype, device_kind), variant=variant
+        ).to(device_kind)
         self.model.eval()
         config = self.model.config
         self.context_length = int(getattr(config, "max_position_embeddings", None) or 2048)
@@ -281,23 +330,72 @@ class TransformersLMBackend:
         self.eos_token_ids = _eos_ids(self.generation_config.eos_token_id, self.tokenizer.eos_token_id)
         self.pad_id = _pad_id(self.tokenizer, self.eos_token_ids)
 
-    def generate(self, rows, max_new_tokens, sampling, criteria):
+    per_row_seeds = True
+
+    def generate(self, rows, max_new_tokens, sampling, criteria, seeds):
         import torch
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         ids, mask = left_pad(rows, self.pad_id)
         chunk_criteria = criteria(list(range(len(rows))))
-        config = generation_config_for(self.generation_config, max_new_tokens, sampling, self.pad_id)
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
+        # Sampling is done by RowSampler with one generator per row; generate() itself runs greedy
+        # over the one-hot scores it returns, so it never draws from the global random stream.
+        config = generation_config_for(self.generation_config, max_new_tokens, GREEDY, self.pad_id)
+        processors = LogitsProcessorList()
+        if not sampling.greedy:
+            processors.append(RowSampler(sampling, seeds, top_k=getattr(self.generation_config, "top_k", None)))
         with torch.inference_mode():
             output = self.model.generate(
                 input_ids=ids.to(self.device),
                 attention_mask=mask.to(self.device),
                 generation_config=config,
+                logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList([chunk_criteria]),
             )
         catch_up(chunk_criteria.rows, output.cpu(), ids.shape[1])
+
+
+GREEDY = SamplingParams(0.0, 1.0)
+
+
+class RowSampler:
+    """A logits processor that samples each row's next token from that row's own generator.
+
+    transformers' sampling draws every row from the one global random stream, so a seeded row's
+    text would depend on the rows batched with it. Here each row has its own ``torch.Generator``
+    on the scores' device (seeded from its ``seed``, or at random), the usual warpers
+    (temperature, top-k, top-p, in transformers' order) apply to the whole batch, and the chosen
+    tokens come back as one-hot scores that greedy decoding then picks.
+    """
+
+    def __init__(self, sampling: SamplingParams, seeds: Sequence[int | None], top_k: int | None = None):
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        self.warpers = [TemperatureLogitsWarper(sampling.temperature)]
+        if top_k:
+            self.warpers.append(TopKLogitsWarper(int(top_k)))
+        if sampling.top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(sampling.top_p))
+        self.seeds = [random.randint(0, tensors.MAX_SEED) if seed is None else seed for seed in seeds]
+        self.generators: list | None = None  # created on the scores' device at the first step
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        probabilities = torch.softmax(scores.float(), dim=-1)
+        if self.generators is None:
+            device = probabilities.device
+            self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in self.seeds]
+        tokens = torch.stack(
+            [
+                torch.multinomial(probabilities[row], 1, generator=generator)
+                for row, generator in enumerate(self.generators[: scores.shape[0]])
+            ]
+        )
+        chosen = torch.full_like(scores, float("-inf"))
+        return chosen.scatter_(1, tokens, 0.0)
 
 
 def _pad_id(tokenizer, eos_ids: frozenset[int]) -> int:
@@ -323,6 +421,16 @@ class TextGenerationTask(Task):
     def __init__(self, *args, backend: CausalLMBackend | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = backend
+        # Tokenizing and chat templating a prompt of 200k characters takes a while: never on the
+        # event loop. One thread, as the event-loop tokenizer is not shared with any other thread.
+        self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+
+    async def off_loop(self, function, *args, **kwargs):
+        import asyncio
+        import functools
+
+        call = functools.partial(function, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, call)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -365,10 +473,9 @@ class TextGenerationTask(Task):
         return self.items(prompts, raw)
 
     def parse_v1(self, body: dict) -> list[GenerateItem]:
-        instances, parameters = tensors.v1_instances(body, self.limits.max_batch_size, '"prompt" or {"prompt": ...}')
-        unknown = sorted(set(parameters) - set(PARAMETER_NAMES))
-        if unknown:
-            raise InvalidInput(f"unknown parameter(s) {unknown}; supported: {list(PARAMETER_NAMES)}")
+        instances, parameters = tensors.v1_instances(
+            body, self.limits.max_batch_size, '"prompt" or {"prompt": ...}', PARAMETER_NAMES
+        )
         prompts = []
         for index, instance in enumerate(instances):
             if isinstance(instance, dict):
@@ -393,13 +500,19 @@ class TextGenerationTask(Task):
             raise InvalidInput("give at least one prompt")
         tensors.check_batch(len(prompts), self.limits.max_batch_size, "prompts")
         sampling = self.sampling(raw)
+        seed = raw.get("seed")
+        first = None if seed is None else tensors.seed(seed, len(prompts))
+        if first is None or sampling.greedy:
+            seeds = [None] * len(prompts)
+        else:  # one seed per prompt, as for images: prompt i samples with seed + i
+            seeds = [first + index for index in range(len(prompts))]
         stop = stop_sequences(raw.get("stop"))
         items = []
         for index, prompt in enumerate(prompts):
             ids = tuple(self.backend.tokenizer.encode(prompt, add_special_tokens=not templated))
             max_tokens = self._max_tokens(raw.get("max_tokens"), len(ids), f"prompt[{index}]")
             sink = sink_for(index) if sink_for is not None else None
-            items.append(GenerateItem(ids, max_tokens, stop, sampling, sink))
+            items.append(GenerateItem(ids, max_tokens, stop, sampling, sink, seed=seeds[index]))
         return items
 
     def sampling(self, raw: Mapping[str, Any]) -> SamplingParams:
@@ -411,11 +524,9 @@ class TextGenerationTask(Task):
         top_p = defaults["top_p"] if top_p is None else tensors.number(top_p, "top_p", 0, 1)
         if top_p == 0:
             raise InvalidInput("parameter top_p must be greater than 0")
-        seed = raw.get("seed")
-        seed = None if seed is None else tensors.integer(seed, "seed", 0, MAX_SEED)
         if temperature == 0.0:
-            return SamplingParams(0.0, 1.0, None)  # greedy: every greedy item batches together
-        return SamplingParams(temperature, top_p, seed)
+            return GREEDY  # every greedy item batches together
+        return SamplingParams(temperature, top_p)
 
     def _max_tokens(self, value: Any, prompt_tokens: int, where: str) -> int:
         context = self.backend.context_length
@@ -446,7 +557,9 @@ class TextGenerationTask(Task):
     # ---------------------------------------------------------------- running
 
     def batch_key(self, item: GenerateItem) -> Hashable:
-        return item.sampling
+        if getattr(self.backend, "per_row_seeds", False) or item.sampling.greedy:
+            return item.sampling
+        return (item.sampling, item.seed)  # one seed per call: only rows with the same seed batch
 
     def run_batch(self, items: Sequence[GenerateItem]) -> list[Generation]:
         sampling = items[0].sampling
@@ -454,13 +567,18 @@ class TextGenerationTask(Task):
             raise ValueError("a batch must share its sampling parameters")
         backend = self.backend
         states = [RowState(item, backend.decoder, backend.eos_token_ids) for item in items]
+        for group in fitting_groups(items, backend.context_length):
 
-        def criteria(indices: Sequence[int | None]):
-            return row_criteria([None if index is None else states[index] for index in indices])
+            def criteria(indices: Sequence[int | None], group=group):
+                return row_criteria([None if index is None else states[group[index]] for index in indices])
 
-        backend.generate(
-            [list(item.input_ids) for item in items], max(item.max_tokens for item in items), sampling, criteria
-        )
+            backend.generate(
+                [list(items[index].input_ids) for index in group],
+                max(items[index].max_tokens for index in group),
+                sampling,
+                criteria,
+                [items[index].seed for index in group],
+            )
         for state in states:
             state.close()
         return [state.result() for state in states]
@@ -476,6 +594,31 @@ class TextGenerationTask(Task):
 
     def v1_predictions(self, results: Sequence[Generation]) -> list[dict]:
         return [{"text": r.text, "finish_reason": r.finish_reason} for r in results]
+
+
+def fitting_groups(items: Sequence[GenerateItem], context_length: int) -> list[list[int]]:
+    """Split a batch into calls that fit the context: longest prompt + largest max_tokens <= context.
+
+    Rows are left-padded to the longest prompt of their call and the call runs until its largest
+    ``max_tokens``, so a long prompt with few new tokens and a short prompt with many would
+    together run past the position embeddings (an IndexError, or a device-side assert on CUDA) or
+    Neuron's compiled sequence length. Each item fits on its own (the task checked it); items go
+    first-fit into calls in order of prompt length, so similar lengths share a call.
+    """
+    groups: list[list[int]] = []
+    shapes: list[tuple[int, int]] = []  # (longest prompt, largest max_tokens) per group
+    order = sorted(range(len(items)), key=lambda index: len(items[index].input_ids), reverse=True)
+    for index in order:
+        prompt, new = len(items[index].input_ids), items[index].max_tokens
+        for slot, (longest, largest) in enumerate(shapes):
+            if max(longest, prompt) + max(largest, new) <= context_length:
+                groups[slot].append(index)
+                shapes[slot] = (max(longest, prompt), max(largest, new))
+                break
+        else:
+            groups.append([index])
+            shapes.append((prompt, new))
+    return [sorted(group) for group in groups]
 
 
 def v2_stop(value: Any) -> Any:

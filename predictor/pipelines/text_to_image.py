@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 PARAMETER_NAMES = ("num_inference_steps", "guidance_scale", "height", "width", "seed")
 MAX_GUIDANCE_SCALE = 50.0
 MAX_PROMPT_CHARS = 4096
-MAX_SEED = 2**63 - 1
 # zlib level 1 encodes several times faster than the default 6 for noisy generated images, a few % larger.
 PNG_COMPRESS_LEVEL = 1
 
@@ -62,6 +61,12 @@ class ImageBackend(Protocol):
     #: (height, width) the backend was compiled for, or None when any multiple of 8 works.
     fixed_size: tuple[int, int] | None
     default_size: tuple[int, int]
+    #: True when shapes compile on first use (torch.compile): only the warmed-up shapes are accepted.
+    compiled: bool
+    #: True when the pipeline uses zero embeddings for "no negative prompt" but encodes "" when any
+    #: row of the call has one (SDXL's ``force_zeros_for_empty_prompt``): rows with and without a
+    #: negative prompt must then run in separate calls.
+    empty_negative_is_zeros: bool
 
     def generate(self, prompts: list[str], negative_prompts: list[str], params: ImageParams, seeds: list[int]) -> list:
         """Return one PIL image per prompt."""
@@ -81,20 +86,32 @@ def torch_dtype(name: str, device_kind: str):
 class DiffusersBackend:
     """diffusers on CUDA or CPU, optionally compiled with torch.compile (inductor)."""
 
-    def __init__(self, model_dir: str, device_kind: str, dtype: str = "auto", compile_model: bool = False):
+    def __init__(
+        self,
+        model_dir: str,
+        device_kind: str,
+        dtype: str = "auto",
+        compile_model: bool = False,
+        compile_backend: Any = "inductor",
+    ):
         import importlib.util
 
         import torch
         from diffusers import AutoPipelineForText2Image
         from diffusers.utils import logging as diffusers_logging
 
+        from predictor.storage import local_weights_variant, weights_variant
+
         diffusers_logging.disable_progress_bar()  # "Loading pipeline components" redraws are log noise
         self.device = device_kind
         self.dtype = torch_dtype(dtype, device_kind)
+        # The variant the download chose for this device and dtype, or whatever is on disk instead.
+        self.variant = local_weights_variant(model_dir, weights_variant(device_kind, dtype))
         # diffusers 0.42 deprecates ``torch_dtype`` for ``dtype``; low_cpu_mem_usage needs accelerate
         # (without it diffusers falls back to False, with a warning: say so up front).
         kwargs: dict[str, Any] = {
             "dtype": self.dtype,
+            "variant": self.variant,
             "low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None,
         }
         if _has_component(model_dir, "safety_checker"):
@@ -103,14 +120,15 @@ class DiffusersBackend:
         pipeline = pipeline.to(device_kind)
         pipeline.set_progress_bar_config(disable=True)
         if compile_model:
+            # inductor tunes for the shapes it sees; other backends (tests count compiled graphs) as they are
+            tuned = {"mode": "max-autotune-no-cudagraphs"} if compile_backend == "inductor" else {}
             denoiser_name = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
             denoiser = getattr(pipeline, denoiser_name)
             denoiser.to(memory_format=torch.channels_last)
-            setattr(
-                pipeline, denoiser_name, torch.compile(denoiser, backend="inductor", mode="max-autotune-no-cudagraphs")
-            )
+            setattr(pipeline, denoiser_name, torch.compile(denoiser, backend=compile_backend, **tuned))
             pipeline.vae.to(memory_format=torch.channels_last)
-            pipeline.vae.decode = torch.compile(pipeline.vae.decode, backend="inductor")
+            pipeline.vae.decode = torch.compile(pipeline.vae.decode, backend=compile_backend)
+        self.compiled = compile_model
         self.pipeline = pipeline
         scale = getattr(pipeline, "vae_scale_factor", 8)
         sample = getattr(getattr(pipeline, "unet", None), "config", None)
@@ -119,6 +137,7 @@ class DiffusersBackend:
             sample_size = sample_size[0]
         self.default_size = (int(sample_size) * scale, int(sample_size) * scale)
         self.fixed_size = None
+        self.empty_negative_is_zeros = empty_negative_is_zeros(pipeline)
 
     def generate(self, prompts, negative_prompts, params: ImageParams, seeds):
         import torch
@@ -135,6 +154,15 @@ class DiffusersBackend:
                 generator=generators,
             )
         return output.images
+
+
+def empty_negative_is_zeros(pipeline) -> bool:
+    """diffusers' SDXL ``encode_prompt`` gives zero negative embeddings only when ``negative_prompt``
+    is None and ``force_zeros_for_empty_prompt`` is set; a list holding "" encodes "" instead."""
+    config = getattr(pipeline, "config", None)
+    if hasattr(config, "get"):
+        return bool(config.get("force_zeros_for_empty_prompt", False))
+    return bool(getattr(config, "force_zeros_for_empty_prompt", False))
 
 
 def _has_component(model_dir: str, name: str) -> bool:
@@ -197,12 +225,39 @@ class TextToImageTask(Task):
         base = self.backend.default_size if self.backend is not None else (512, 512)
         return (self.limits.default_height or base[0], self.limits.default_width or base[1])
 
+    @property
+    def accepted_size(self) -> tuple[int, int] | None:
+        """The one (height, width) accepted, for compiled models; None when any size within limits is."""
+        if self.backend is None:
+            return None
+        if self.backend.fixed_size:
+            return self.backend.fixed_size
+        if getattr(self.backend, "compiled", False):
+            return self.default_size
+        return None
+
     def warmup_items(self) -> list[ImageItem]:
+        return self._warmup_batch(1, 7.5)
+
+    def warmup_batches(self) -> list[list[ImageItem]]:
+        """One batch, or with torch.compile every shape a request can reach, so none compiles once ready.
+
+        The accepted size is one (``accepted_size``); what varies is the batch (1 ..
+        ``--max_batch_size`` rows) and classifier-free guidance, which diffusers turns on for
+        ``guidance_scale > 1`` and which doubles the rows the denoiser sees.
+        """
+        if not getattr(self.backend, "compiled", False):
+            return [self.warmup_items()]
+        return [
+            self._warmup_batch(size, guidance)
+            for guidance in (7.5, 1.0)
+            for size in range(1, self.limits.max_batch_size + 1)
+        ]
+
+    def _warmup_batch(self, size: int, guidance: float) -> list[ImageItem]:
         height, width = self.default_size
-        params = ImageParams(
-            num_inference_steps=min(2, self.limits.max_steps), guidance_scale=7.5, height=height, width=width
-        )
-        return [ImageItem(prompt="warm-up", negative_prompt="", params=params, seed=0)]
+        params = ImageParams(min(2, self.limits.max_steps), min(guidance, MAX_GUIDANCE_SCALE), height, width)
+        return [ImageItem(prompt="warm-up", negative_prompt="", params=params, seed=seed) for seed in range(size)]
 
     # ---------------------------------------------------------------- metadata
 
@@ -228,8 +283,7 @@ class TextToImageTask(Task):
             raise InvalidInput(
                 f"input 'negative_prompt' has {len(negatives)} elements; it must match 'prompt' ({len(prompts)})"
             )
-        raw = {key: tensors.parameter_value(key, value) for key, value in (request.parameters or {}).items()}
-        return self._items(prompts, negatives, raw)
+        return self._items(prompts, negatives, tensors.request_parameters(request, PARAMETER_NAMES))
 
     def parse_v1(self, body: dict) -> list[ImageItem]:
         instances = body.get("instances")
@@ -237,18 +291,19 @@ class TextToImageTask(Task):
             raise InvalidInput('v1 body must be {"instances": [{"prompt": ...}, ...]} with at least one instance')
         if len(instances) > self.limits.max_batch_size:
             raise InvalidInput(f"{len(instances)} instances exceed the batch limit of {self.limits.max_batch_size}")
-        defaults = body.get("parameters") or {}
-        if not isinstance(defaults, dict):
-            raise InvalidInput("'parameters' must be an object")
+        defaults = tensors.v1_parameters(body, PARAMETER_NAMES)
         items: list[ImageItem] = []
         for index, instance in enumerate(instances):
             if isinstance(instance, str):
                 instance = {"prompt": instance}
             if not isinstance(instance, dict):
                 raise InvalidInput(f"instances[{index}] must be an object with a 'prompt' or a string")
-            unknown = set(instance) - {"prompt", "negative_prompt", *PARAMETER_NAMES}
+            fields = {"prompt", "negative_prompt", *PARAMETER_NAMES}
+            unknown = set(instance) - fields
             if unknown:
-                raise InvalidInput(f"instances[{index}]: unknown field(s) {sorted(unknown)}")
+                raise InvalidInput(
+                    f"instances[{index}]: unknown field(s) {sorted(unknown)}; supported: {sorted(fields)}"
+                )
             prompt = instance.get("prompt")
             negative = instance.get("negative_prompt")
             for field, value in (("prompt", prompt), ("negative_prompt", negative)):
@@ -275,9 +330,9 @@ class TextToImageTask(Task):
         params = self._params(raw, where)
         seed = raw.get("seed")
         if seed is None:
-            base_seed = random.randrange(MAX_SEED - len(prompts))
+            base_seed = random.randint(0, tensors.MAX_SEED - (len(prompts) - 1))
         else:
-            base_seed = _integer(seed, "seed", where, 0, MAX_SEED - len(prompts))
+            base_seed = tensors.seed(seed, len(prompts), where)
         negatives = negatives or [""] * len(prompts)
         return [
             ImageItem(prompt=prompt, negative_prompt=negative, params=params, seed=base_seed + index)
@@ -287,16 +342,16 @@ class TextToImageTask(Task):
     def _params(self, raw: Mapping[str, Any], where: str) -> ImageParams:
         default_height, default_width = self.default_size
         limits = self.limits
-        steps = _integer(
-            raw.get("num_inference_steps", limits.default_steps), "num_inference_steps", where, 1, limits.max_steps
+        steps = tensors.integer(
+            raw.get("num_inference_steps", limits.default_steps), "num_inference_steps", 1, limits.max_steps, where
         )
-        guidance = _number(raw.get("guidance_scale", 7.5), "guidance_scale", where, 0.0, MAX_GUIDANCE_SCALE)
-        height = _integer(raw.get("height", default_height), "height", where, 8, limits.max_height)
-        width = _integer(raw.get("width", default_width), "width", where, 8, limits.max_width)
+        guidance = tensors.number(raw.get("guidance_scale", 7.5), "guidance_scale", 0.0, MAX_GUIDANCE_SCALE, where)
+        height = tensors.integer(raw.get("height", default_height), "height", 8, limits.max_height, where)
+        width = tensors.integer(raw.get("width", default_width), "width", 8, limits.max_width, where)
         for name, value in (("height", height), ("width", width)):
             if value % 8:
                 raise InvalidInput(f"{where}: {name} must be a multiple of 8, got {value}")
-        fixed = self.backend.fixed_size if self.backend is not None else None
+        fixed = self.accepted_size
         if fixed and (height, width) != fixed:
             raise InvalidInput(
                 f"{where}: this model was compiled for {fixed[0]}x{fixed[1]} images; got height={height}, width={width}"
@@ -306,6 +361,8 @@ class TextToImageTask(Task):
     # ---------------------------------------------------------------- running
 
     def batch_key(self, item: ImageItem) -> Hashable:
+        if getattr(self.backend, "empty_negative_is_zeros", False):
+            return (item.params, bool(item.negative_prompt))
         return item.params
 
     def run_batch(self, items: Sequence[ImageItem]) -> list[Any]:
@@ -331,28 +388,3 @@ class TextToImageTask(Task):
     def v1_predictions(self, results) -> list[dict]:
         return [{"image": encode_png(image)} for image in results]
 
-
-def _integer(value: Any, name: str, where: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise InvalidInput(f"{where}: {name} must be an integer, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise InvalidInput(f"{where}: {name} must be an integer, got {value!r}") from None
-    if not number.is_integer():
-        raise InvalidInput(f"{where}: {name} must be an integer, got {value!r}")
-    if not low <= number <= high:
-        raise InvalidInput(f"{where}: {name} must be between {low} and {high}, got {int(number)}")
-    return int(number)
-
-
-def _number(value: Any, name: str, where: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise InvalidInput(f"{where}: {name} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise InvalidInput(f"{where}: {name} must be a number, got {value!r}") from None
-    if not (low <= number <= high):  # also rejects NaN
-        raise InvalidInput(f"{where}: {name} must be between {low} and {high}, got {value!r}")
-    return number

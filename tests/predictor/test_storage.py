@@ -234,3 +234,155 @@ def test_local_model_dir_is_used_as_is(tiny_model):
 def test_missing_model_and_no_model_id_is_a_clear_error(tmp_path):
     with pytest.raises(ModelSourceError, match="holds no model"):
         storage.prepare_model_dir(tmp_path)
+
+
+# ----------------------------------------------------------------------------- what is downloaded is loaded
+
+
+@pytest.fixture(scope="module")
+def tiny_model_with_fp16(tmp_path_factory):
+    """A repo laid out like the hub's: plain float32 weights plus an ``fp16`` variant of each."""
+    from predictor.tiny import build_tiny_sd
+
+    directory = tmp_path_factory.mktemp("tiny-sd-fp16")
+    build_tiny_sd(directory)
+    build_tiny_sd(directory, variant="fp16")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_model_fp16_only(tmp_path_factory):
+    from predictor.tiny import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd-fp16-only"), variant="fp16")
+
+
+@pytest.mark.parametrize(
+    "device, dtype, variant",
+    [("cuda", "auto", "fp16"), ("cuda", "float16", "fp16"), ("cuda", "float32", None), ("cuda", "bfloat16", None),
+     ("cpu", "auto", None), ("cpu", "float16", "fp16"), ("neuron", "auto", None)],
+)  # fmt: skip
+def test_weights_variant_per_device_and_dtype(device, dtype, variant):
+    assert storage.weights_variant(device, dtype) == variant
+
+
+def _generate_one(model_dir, device="cpu", dtype="auto"):
+    from predictor.pipelines.text_to_image import DiffusersBackend, ImageParams
+
+    backend = DiffusersBackend(str(model_dir), device, dtype=dtype)
+    (image,) = backend.generate(["a cat"], [""], ImageParams(2, 7.5, 64, 64), [1])
+    return image
+
+
+def test_cuda_choice_downloads_fp16_from_s3_and_the_same_files_load(s3, tiny_model_with_fp16, tmp_path):
+    """The CUDA default (dtype auto) fetches only *.fp16.safetensors; loading must then use that variant.
+
+    The device here is the CPU: the contract under test is the choice (device, dtype) -> files ->
+    ``from_pretrained(variant=...)``, not CUDA itself.
+    """
+    upload_dir(s3, tiny_model_with_fp16, "tiny-fp16")
+    variant = storage.weights_variant("cuda", "auto")
+    model_dir = storage.prepare_model_dir(tmp_path / "mnt", "s3://models/tiny-fp16", variant=variant)
+    weights = sorted(p.name for p in model_dir.rglob("*.safetensors"))
+    assert weights and all(".fp16." in name for name in weights), weights
+    assert _generate_one(model_dir).size == (64, 64)  # loads the fp16 files (upcast to float32 here)
+
+
+def test_local_fp16_only_pipeline_loads_on_the_cpu(tiny_model_fp16_only):
+    assert _generate_one(tiny_model_fp16_only).size == (64, 64)
+
+
+def test_server_serves_a_local_fp16_only_pipeline(tiny_model_fp16_only, tmp_path):
+    from tests.predictor.harness import start_server, stop_server, v2_body
+
+    server = start_server(tiny_model_fp16_only, tmp_path, "--device", "cpu", "--default_steps", "2")
+    try:
+        import requests
+
+        response = requests.post(f"{server.http}/v2/models/sd/infer", json=v2_body(["a cat"]), timeout=120)
+        assert response.status_code == 200, response.text
+    finally:
+        stop_server(server)
+
+
+def test_local_weights_variant_follows_what_is_on_disk(tiny_model_with_fp16, tiny_model_fp16_only, tiny_model):
+    assert storage.local_weights_variant(tiny_model_with_fp16, "fp16") == "fp16"
+    assert storage.local_weights_variant(tiny_model_with_fp16, None) is None
+    assert storage.local_weights_variant(tiny_model_fp16_only, None) == "fp16"
+    assert storage.local_weights_variant(tiny_model, "fp16") is None
+
+
+# ----------------------------------------------------------------------------- interrupted downloads
+
+
+class FailingAfter:
+    """An S3 client whose connection drops after ``count`` downloads (as a killed pod's would)."""
+
+    def __init__(self, client, count: int):
+        self.client, self.count, self.downloaded = client, count, []
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def download_file(self, bucket, key, filename):
+        if len(self.downloaded) >= self.count:
+            with open(filename, "wb") as partial:  # a few bytes landed before the connection dropped
+                partial.write(b"\0" * 7)
+            raise ConnectionError("connection reset by peer")
+        self.downloaded.append(key)
+        return self.client.download_file(bucket, key, filename)
+
+
+class Counting(FailingAfter):
+    def __init__(self, client):
+        super().__init__(client, 10**9)
+
+
+def _weights(directory):
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*.safetensors"))
+
+
+def test_interrupted_s3_download_is_resumed_not_taken_for_a_model(s3, tiny_model, tmp_path, monkeypatch):
+    upload_dir(s3, tiny_model, "tiny")
+    destination = tmp_path / "mnt"
+    flaky = FailingAfter(s3, count=3)
+    monkeypatch.setattr(storage, "s3_client", lambda: flaky)
+    with pytest.raises(ConnectionError):
+        storage.prepare_model_dir(destination, "s3://models/tiny")
+    assert (destination / "model_index.json").is_file()  # looks like a model, but is not complete
+    fetched_first = len(flaky.downloaded)
+
+    again = Counting(s3)
+    monkeypatch.setattr(storage, "s3_client", lambda: again)
+    model_dir = storage.prepare_model_dir(destination, "s3://models/tiny")
+    assert _weights(model_dir) == _weights(tiny_model)
+    assert not list(model_dir.rglob("*.part"))
+    listing = [p.relative_to(tiny_model).as_posix() for p in tiny_model.rglob("*") if p.is_file()]
+    components = pipeline_components(json.loads((tiny_model / "model_index.json").read_text()))
+    expected = len(select_model_files(listing, components=components))
+    assert len(again.downloaded) == expected - fetched_first  # what was complete is kept
+    assert _generate_one(model_dir).size == (64, 64)
+
+    untouched = Counting(s3)
+    monkeypatch.setattr(storage, "s3_client", lambda: untouched)
+    assert storage.prepare_model_dir(destination, "s3://models/tiny") == destination
+    assert untouched.downloaded == []  # a finished download is not fetched again
+
+
+def test_a_weight_file_lost_after_the_download_is_fetched_again(s3, tiny_model, tmp_path, monkeypatch):
+    upload_dir(s3, tiny_model, "tiny")
+    destination = storage.prepare_model_dir(tmp_path / "mnt", "s3://models/tiny")
+    (destination / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    again = Counting(s3)
+    monkeypatch.setattr(storage, "s3_client", lambda: again)
+    storage.prepare_model_dir(destination, "s3://models/tiny")
+    assert again.downloaded == ["tiny/unet/diffusion_pytorch_model.safetensors"]
+
+
+def test_interrupted_download_without_model_id_is_a_clear_error(s3, tiny_model, tmp_path, monkeypatch):
+    upload_dir(s3, tiny_model, "tiny")
+    monkeypatch.setattr(storage, "s3_client", lambda: FailingAfter(s3, count=2))
+    with pytest.raises(ConnectionError):
+        storage.prepare_model_dir(tmp_path / "mnt", "s3://models/tiny")
+    with pytest.raises(ModelSourceError, match="interrupted download"):
+        storage.prepare_model_dir(tmp_path / "mnt")

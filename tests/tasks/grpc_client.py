@@ -2,7 +2,8 @@
 
 Usage: ``python grpc_client.py HOST:PORT MODEL`` with a JSON list of calls on stdin; prints a JSON
 list of results. A call is ``{"op": "metadata"}`` or ``{"op": "infer", "inputs": [{"name",
-"datatype", "shape", "data" (strings, numbers, or {"b64": ...} for raw bytes)}], "parameters": {...}}``.
+"datatype", "shape", "data" (strings, numbers, or {"b64": ...} for raw bytes)}], "parameters": {...}}``
+(optionally ``"priority"`` and ``"timeout"``: tritonclient's own arguments, sent as reserved parameters).
 A result is ``{"outputs": {name: {"shape", "datatype", "data"}}}`` or ``{"error": {"code", "message"}}``.
 """
 
@@ -47,7 +48,13 @@ def main() -> int:
                 tensor = grpcclient.InferInput(spec["name"], spec["shape"], spec["datatype"])
                 tensor.set_data_from_numpy(_array(spec))
                 inputs.append(tensor)
-            response = client.infer(model, inputs, parameters=call.get("parameters") or None)
+            response = client.infer(
+                model,
+                inputs,
+                parameters=call.get("parameters") or None,
+                priority=call.get("priority", 0),
+                timeout=call.get("timeout"),
+            )
             outputs = {}
             for output in response.get_response(as_json=True)["outputs"]:
                 array = response.as_numpy(output["name"])

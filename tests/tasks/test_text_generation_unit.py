@@ -15,7 +15,7 @@ from predictor.pipelines.text_generation import (
 )
 
 EOS = 0
-GREEDY = SamplingParams(0.0, 1.0, None)
+GREEDY = SamplingParams(0.0, 1.0)
 
 
 class CharDecoder:
