@@ -106,6 +106,7 @@ class Controller:
         self.dry_run = dry_run
         names = [u.name for u in config.units]
         self.metrics = metrics or Metrics(names, clock=clock, liveness_s=max(120.0, 5 * config.timing.interval_s))
+        self.metrics.describe_units(config.units, config.per_second)
         t = config.timing
         self.backoff = Backoff(retries=t.api_retries, initial_s=t.backoff_initial_s, max_s=t.backoff_max_s)
         self.state: PolicyState | None = None
@@ -128,6 +129,7 @@ class Controller:
         status["at"] = self.clock()
         self.metrics.status = status
         self.metrics.last_reconcile.set(self.clock())
+        self.metrics.observe_result(result.action, result.decision.reason if result.decision else None)
         return result
 
     def _bootstrap(self, view: RouterView, now: float) -> PolicyState:

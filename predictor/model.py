@@ -107,6 +107,7 @@ class PredictorModel(Model):
 
     # ---------------------------------------------------------------- inference
 
+    @metrics.counted_request(lambda error: _outcome(error))
     async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
         if not self.ready:
             raise ModelNotReady(self.name, "the model is still loading")
@@ -152,6 +153,17 @@ class PredictorModel(Model):
         wait = metrics.QUEUE_WAIT_SECONDS.labels(**self.labels)
         for seconds in stats.queue_waits:
             wait.observe(seconds)
+
+
+def _outcome(error: BaseException) -> str:
+    """The predictor_requests_total outcome of a failed request."""
+    if isinstance(error, InvalidInput):
+        return "invalid_input"
+    if isinstance(error, QueueFullError):
+        return "queue_full"
+    if isinstance(error, ModelNotReady):
+        return "not_ready"
+    return "error"
 
 
 def _json_body(raw: bytes) -> Any:
