@@ -62,3 +62,11 @@ def test_promtool_accepts_the_rules(tmp_path: Path) -> None:
     result = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(alerts())} rules found" in result.stdout
+
+
+def test_every_alert_has_a_section_in_the_operating_guide() -> None:
+    guide = (ROOT / "docs" / "operating.md").read_text()
+    headings = set(re.findall(r"^### (\S+)$", guide, flags=re.M))
+    assert {alert.name for alert in alerts()} <= headings
+    for alert in alerts():
+        assert alert.rule()["annotations"]["runbook_url"] == f"docs/operating.md#{alert.name.lower()}"
