@@ -102,6 +102,8 @@ class Metrics:
             self.weight.labels(n).set(0)
         for s in ("kubernetes", "prometheus", "router", "prewarm", "reconcile", "lease"):
             self.errors.labels(s)
+        for target in ("router", "prewarm"):  # from 0, so increase() sees the first write too
+            self.patches.labels(target)
         self._heartbeat = clock()
         self._api_ok = False
         self._api_failures = 0

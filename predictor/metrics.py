@@ -52,6 +52,21 @@ REQUEST_SECONDS = Histogram(
 )
 
 
+# Every value of the outcome and reason labels. The series start at 0 with the model
+# (start_series): a counter child created by its first increment is first scraped with the
+# increment already in it, so rate()/increase() -- and the alerts on them -- would miss it.
+OUTCOMES = ("ok", "invalid_input", "queue_full", "not_ready", "error")
+REJECTION_REASONS = ("invalid_input", "queue_full")
+
+
+def start_series(labels: dict[str, str]) -> None:
+    """Create the model's request and rejection counters at 0 (call once the model exists)."""
+    for outcome in OUTCOMES:
+        REQUESTS.labels(**labels, outcome=outcome)
+    for reason in REJECTION_REASONS:
+        REJECTED.labels(**labels, reason=reason)
+
+
 def counted_request(
     outcome_of: Callable[[BaseException], str],
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:

@@ -62,6 +62,7 @@ class PredictorModel(Model):
         )
         self.load_error: BaseException | None = None
         metrics.MODEL_READY.labels(**self.labels).set(0)
+        metrics.start_series(self.labels)
 
     # ---------------------------------------------------------------- lifecycle
 

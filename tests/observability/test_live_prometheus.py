@@ -46,6 +46,7 @@ SCRAPE_S = 1
 WINDOW = "30s"  # stands for Grafana's $__rate_interval
 LABEL_VALUES = re.compile(r"^label_values\((?P<metric>[a-z_]+), (?P<label>[a-z_]+)\)$")
 DEMAND_SCALE = 150
+DEMAND_FLOOR_RPS = 250
 SMALL = {"num_inference_steps": 2, "height": 64, "width": 64}
 
 
@@ -61,11 +62,14 @@ class Process:
     proc: subprocess.Popen
     log: Path
     url: str
+    kill: bool = False  # a test double that cannot shut down cleanly (its load never returns)
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
+        if self.proc.poll() is None and self.kill:
+            self.proc.kill()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -139,6 +143,7 @@ def scene(tmp_path_factory) -> Iterator[dict]:
                                "--default_steps", "2", "--max_height", "128", "--max_width", "128")
         cuda = start_predictor("sd21-g5-cuda", tiny, tmp, module="tests.observability.gated_predictor",
                                env={"PREDICTOR_LOAD_GATE": str(tmp / "never-created")})
+        cuda.kill = True
         started += [inf2, cuda]
 
         world = World(fake, WallClock(), fake.write_kubeconfig(tmp / "kubeconfig", NS))
@@ -173,8 +178,10 @@ def scene(tmp_path_factory) -> Iterator[dict]:
             lease={"name": "traffic-controller", "duration_s": 2, "renew_s": 0.5},
             prewarm={"enabled": True, "min_replicas": 1, "hold_s": 1},
             # Measured demand from this Prometheus, each tiny CPU request standing for DEMAND_SCALE real
-            # ones: enough that two ready inf2 replicas cannot carry it and four can.
-            prometheus={"url": prom_url, "query": f"sum(rate(predictor_requests_total[30s])) * {DEMAND_SCALE}",
+            # ones, and at least DEMAND_FLOOR_RPS however slow this machine serves the trickle: more
+            # than two ready inf2 replicas carry (2 x 105 x 0.8), so their coming and going moves weights.
+            prometheus={"url": prom_url,
+                        "query": f"clamp_min(sum(rate(predictor_requests_total[30s])) * {DEMAND_SCALE}, {DEMAND_FLOOR_RPS})",
                         "timeout_s": 2},
             metrics_port=ctl_port,
         )
@@ -227,23 +234,32 @@ def settle(seconds: float = 3 * SCRAPE_S + 1) -> float:
 
 def drive(world: World, fake: FakeKube, infer: str) -> dict[str, float]:
     phases: dict[str, float] = {}
-    # Queue full: one slow image holds the only batch slot and the one queue place; the rest bounce.
-    slow = v2_body(["slow"], {"num_inference_steps": 30, "height": 128, "width": 128})
-    threads = [threading.Thread(target=lambda: requests.post(infer, json=slow, timeout=120)) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-        time.sleep(0.05)
+    # Queue full: one slow image holds the only batch slot, the next the one queue place; the rest
+    # of a simultaneous burst bounces (503) until the predictor has counted some.
+    slow = v2_body(["slow"], {"num_inference_steps": 100, "height": 128, "width": 128})
+    for _ in range(5):
+        burst = threading.Barrier(8)
+
+        def send(burst: threading.Barrier = burst) -> None:
+            burst.wait()
+            requests.post(infer, json=slow, timeout=300)
+
+        threads = [threading.Thread(target=send) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if 'reason="queue_full"' in requests.get(infer.split("/v2/")[0] + "/metrics", timeout=10).text:
+            break
     assert requests.post(infer, json={"inputs": "not a tensor list"}, timeout=30).status_code == 400
-    for thread in threads:
-        thread.join()
     phases["traffic"] = settle()
 
-    # Capacity on inf2 comes and goes: the controller fails over and falls back, again and again.
+    # inf2's replicas come and go: the controller moves the traffic away and back, again and again.
     deadline = time.monotonic() + 120
     while world.graph_weight_writes() <= 14 and time.monotonic() < deadline:
-        world.inf2_outage()
+        world.set_unit("sd21-inf2", ready=0, desired=4, pending=4)
         time.sleep(1.5)
-        world.inf2_recovered()
+        world.set_unit("sd21-inf2", ready=4)
         time.sleep(1.5)
     assert world.graph_weight_writes() > 14, "the controller did not rewrite the weights often enough"
     world.inf2_outage()  # and then it stays out

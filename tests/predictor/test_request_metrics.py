@@ -44,3 +44,15 @@ def test_bad_input_is_counted_by_outcome_and_not_timed(server):
     assert response.status_code == 400
     assert outcome(server, "invalid_input") == bad + 1
     assert latency_count(server) == timed
+
+
+def test_every_outcome_and_rejection_series_exists_from_the_start(server):
+    """A counter first scraped after its first increment hides that increment from rate()."""
+    from predictor.metrics import OUTCOMES, REJECTION_REASONS
+
+    requests_total = samples(server, "predictor_requests_total")
+    rejected = samples(server, "predictor_requests_rejected_total")
+    for which in OUTCOMES:
+        assert any(f'outcome="{which}"' in labels for labels in requests_total), which
+    for reason in REJECTION_REASONS:
+        assert any(f'reason="{reason}"' in labels for labels in rejected), reason
