@@ -49,6 +49,15 @@ def alerts() -> list[Alert]:
             "that loses capacity.",
         ),
         Alert(
+            "TrafficControllerDown",
+            f"absent({n.C_LEADER})",
+            "10m",
+            "critical",
+            "No traffic controller replica has been scraped for 10 minutes",
+            "Prometheus has no traffic_controller_leader series: every replica is down or not scraped, so "
+            "TrafficControllerNoLeader cannot fire either.",
+        ),
+        Alert(
             "TrafficControllerSignalsStale",
             f"max by (namespace) ({leader_only(n.C_SIGNALS_STALE)}) == 1",
             "5m",
