@@ -120,6 +120,7 @@ class Controller:
         self.dry_run = dry_run
         names = [u.name for u in config.units]
         self.metrics = metrics or Metrics(names, clock=clock, liveness_s=max(120.0, 5 * config.timing.interval_s))
+        self.metrics.describe_units(config.units, config.per_second)
         self.state: PolicyState | None = None
         self.last_signals_at: float | None = None
         self.last_result: Result | None = None
@@ -135,6 +136,7 @@ class Controller:
         status["at"] = self.clock()
         self.metrics.status = status
         self.metrics.last_reconcile.set(self.clock())
+        self.metrics.observe_result(result.action, result.decision.reason if result.decision else None)
         return result
 
     def _restore(self, view: RouterView, now: float) -> PolicyState | None:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -20,6 +21,41 @@ from controller.policy import CAPACITY, COST, Decision, Signals
 
 log = logging.getLogger(__name__)
 MODES = (COST, CAPACITY)
+
+# Metric names: the only place they are spelled (observability/ builds dashboards and alerts
+# from these constants).
+_P = "traffic_controller_"
+MODE = _P + "mode"
+WEIGHT = _P + "weight_percent"
+PLANNED_RPS = _P + "unit_planned_rps"
+MIN_REPLICAS = _P + "unit_min_replicas"
+ROUTER_WEIGHT = _P + "router_weight_percent"
+SWITCHES = _P + "switches_total"
+PATCHES = _P + "patches_total"
+ERRORS = _P + "errors_total"
+SIGNAL_AGE = _P + "signal_age_seconds"
+SIGNALS_STALE = _P + "signals_stale"
+LEADER = _P + "leader"
+PAUSED = _P + "paused"
+DEMAND_RPS = _P + "demand_rps"
+LAST_RECONCILE = _P + "last_reconcile_timestamp_seconds"
+READY_REPLICAS = _P + "unit_ready_replicas"
+DESIRED_REPLICAS = _P + "unit_desired_replicas"
+CAPACITY_ERRORS = _P + "unit_capacity_errors"
+DECISIONS = _P + "decisions_total"
+PRICE_PER_HOUR = _P + "unit_price_per_hour"
+REPLICA_RPS = _P + "unit_replica_max_rps"
+# Decision.reason starts with one of these (controller/policy.py); the rest of the line carries
+# numbers, so only the category becomes a label. "none": no decision (standby, unavailable, error).
+REASONS = ("cost-optimized", "capacity-optimized", "failover", "fallback", "stale")
+
+
+def reason_category(reason: str | None) -> str:
+    """The bounded label for a decision's free-text reason (its leading word)."""
+    if not reason:
+        return "none"
+    head = reason.split(":", 1)[0].split(" (", 1)[0].strip()
+    return head if head in REASONS else "other"
 
 
 class Metrics:
@@ -34,26 +70,31 @@ class Metrics:
         self.clock = clock
         self.liveness_s = liveness_s
         r = self.registry
-        p = "traffic_controller_"
-        self.mode = Gauge(p + "mode", "1 for the current policy mode", ["mode"], registry=r)
-        self.weight = Gauge(p + "weight_percent", "Weight the controller wants for each unit", ["unit"], registry=r)
-        self.planned = Gauge(p + "unit_planned_rps", "Requests/s the merit-order plan puts on each unit", ["unit"],
-                             registry=r)
-        self.floor = Gauge(p + "unit_min_replicas", "minReplicas the controller sets on each unit (pre-warm)", ["unit"],
-                           registry=r)
-        self.router_weight = Gauge(p + "router_weight_percent", "Weight read from the router", ["unit"], registry=r)
-        self.switches = Counter(p + "switches_total", "Mode switches", ["to"], registry=r)
-        self.patches = Counter(p + "patches_total", "Writes to the cluster", ["target"], registry=r)
-        self.errors = Counter(p + "errors_total", "Errors by source", ["source"], registry=r)
-        self.signal_age = Gauge(p + "signal_age_seconds", "Age of the newest good signals", registry=r)
-        self.stale = Gauge(p + "signals_stale", "1 when signals are stale or unavailable (no action)", registry=r)
-        self.leader = Gauge(p + "leader", "1 when this replica holds the lease", registry=r)
-        self.paused = Gauge(p + "paused", "1 when the router is paused (manual weights)", registry=r)
-        self.demand = Gauge(p + "demand_rps", "Demand the last decision used (requests/s)", registry=r)
-        self.last_reconcile = Gauge(p + "last_reconcile_timestamp_seconds", "End of the last reconcile", registry=r)
-        self.ready_replicas = Gauge(p + "unit_ready_replicas", "Ready replicas per unit", ["unit"], registry=r)
-        self.desired_replicas = Gauge(p + "unit_desired_replicas", "Desired replicas per unit", ["unit"], registry=r)
-        self.capacity_errors = Gauge(p + "unit_capacity_errors", "Capacity errors in the window", ["unit"], registry=r)
+        self.mode = Gauge(MODE, "1 for the current policy mode", ["mode"], registry=r)
+        self.weight = Gauge(WEIGHT, "Weight the controller wants for each unit", ["unit"], registry=r)
+        self.planned = Gauge(PLANNED_RPS, "Requests/s the merit-order plan puts on each unit", ["unit"], registry=r)
+        self.floor = Gauge(MIN_REPLICAS, "minReplicas the controller sets on each unit (pre-warm)", ["unit"], registry=r)
+        self.router_weight = Gauge(ROUTER_WEIGHT, "Weight read from the router", ["unit"], registry=r)
+        self.switches = Counter(SWITCHES, "Mode switches", ["to"], registry=r)
+        self.patches = Counter(PATCHES, "Writes to the cluster", ["target"], registry=r)
+        self.errors = Counter(ERRORS, "Errors by source", ["source"], registry=r)
+        self.signal_age = Gauge(SIGNAL_AGE, "Age of the newest good signals", registry=r)
+        self.stale = Gauge(SIGNALS_STALE, "1 when signals are stale or unavailable (no action)", registry=r)
+        self.leader = Gauge(LEADER, "1 when this replica holds the lease", registry=r)
+        self.paused = Gauge(PAUSED, "1 when the router is paused (manual weights)", registry=r)
+        self.demand = Gauge(DEMAND_RPS, "Demand the last decision used (requests/s)", registry=r)
+        self.last_reconcile = Gauge(LAST_RECONCILE, "End of the last reconcile", registry=r)
+        self.ready_replicas = Gauge(READY_REPLICAS, "Ready replicas per unit", ["unit"], registry=r)
+        self.desired_replicas = Gauge(DESIRED_REPLICAS, "Desired replicas per unit", ["unit"], registry=r)
+        self.capacity_errors = Gauge(CAPACITY_ERRORS, "Capacity errors in the window", ["unit"], registry=r)
+        self.decisions = Counter(
+            DECISIONS, "Reconcile outcomes: action taken and the decision's reason", ["action", "reason"], registry=r
+        )
+        self.price = Gauge(PRICE_PER_HOUR, "On-demand price of one replica's instance ($/hour)", ["unit"], registry=r)
+        self.replica_rps = Gauge(
+            REPLICA_RPS, "Requests/s one replica sustains at its breaking point (config max_throughput)", ["unit"],
+            registry=r,
+        )
         for m in MODES:
             self.mode.labels(m).set(0)
             self.switches.labels(m)
@@ -61,6 +102,8 @@ class Metrics:
             self.weight.labels(n).set(0)
         for s in ("kubernetes", "prometheus", "router", "prewarm", "reconcile", "lease"):
             self.errors.labels(s)
+        for target in ("router", "prewarm"):  # from 0, so increase() sees the first write too
+            self.patches.labels(target)
         self._heartbeat = clock()
         self._api_ok = False
         self._api_failures = 0
@@ -105,6 +148,15 @@ class Metrics:
             self.planned.labels(name).set(rps / per_second)
         for name, n in decision.prewarm.items():
             self.floor.labels(name).set(n)
+
+    def describe_units(self, units: Sequence[Any], per_second: float = 1.0) -> None:
+        """Constant per-unit facts for cost and capacity panels: price and per-replica throughput."""
+        for unit in units:
+            self.price.labels(unit.name).set(unit.price_per_hour)
+            self.replica_rps.labels(unit.name).set(unit.max_throughput / per_second)
+
+    def observe_result(self, action: str, reason: str | None) -> None:
+        self.decisions.labels(action, reason_category(reason)).inc()
 
     def observe_router(self, weights: Mapping[str, int], paused: bool) -> None:
         for name, w in weights.items():

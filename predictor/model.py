@@ -62,6 +62,7 @@ class PredictorModel(Model):
         )
         self.load_error: BaseException | None = None
         metrics.MODEL_READY.labels(**self.labels).set(0)
+        metrics.start_series(self.labels)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -108,6 +109,7 @@ class PredictorModel(Model):
 
     # ---------------------------------------------------------------- inference
 
+    @metrics.counted_request(lambda error: _outcome(error))
     async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
         if not self.ready:
             raise ModelNotReady(self.name, "the model is still loading")
@@ -153,6 +155,17 @@ class PredictorModel(Model):
         wait = metrics.QUEUE_WAIT_SECONDS.labels(**self.labels)
         for seconds in stats.queue_waits:
             wait.observe(seconds)
+
+
+def _outcome(error: BaseException) -> str:
+    """The predictor_requests_total outcome of a failed request."""
+    if isinstance(error, InvalidInput):
+        return "invalid_input"
+    if isinstance(error, QueueFullError):
+        return "queue_full"
+    if isinstance(error, ModelNotReady):
+        return "not_ready"
+    return "error"
 
 
 def _json_body(raw: bytes) -> Any:
