@@ -184,7 +184,7 @@ async function submit(event) {
         return;
       }
       setStatus(`Generating on ${endpoints.length} endpoint(s)…`);
-      const answer = await post("/api/generate", { ...form, endpoints });
+      const answer = await post("api/generate", { ...form, endpoints });
       if (!answer.ok) {
         showMessage(answer.error);
         setStatus("");
@@ -197,7 +197,7 @@ async function submit(event) {
       const requests = Number($("requests").value);
       const concurrency = Number($("concurrency").value);
       setStatus(`Sending ${requests} request(s) to ${$("router-endpoint").value}…`);
-      const answer = await post("/api/router", { ...form, endpoint: $("router-endpoint").value, requests, concurrency });
+      const answer = await post("api/router", { ...form, endpoint: $("router-endpoint").value, requests, concurrency });
       if (!answer.ok) {
         showMessage(answer.error);
         setStatus("");
@@ -223,7 +223,7 @@ function switchMode() {
 
 async function start() {
   try {
-    const response = await fetch("/api/config");
+    const response = await fetch("api/config");
     config = await response.json();
   } catch (error) {
     showMessage("Could not load the playground's configuration: reload the page.");

@@ -95,3 +95,12 @@ def test_unknown_paths_and_methods_answer_json_not_a_trace(playground):
     assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
     wrong = requests.get(f"{playground.url}/api/generate", timeout=10)
     assert wrong.status_code == 405 and "error" in wrong.json()
+
+
+def test_the_page_works_under_a_path_prefix(playground):
+    """The HTTPRoute serves it at /playground/ and strips the prefix: every URL in the page is relative."""
+    page = requests.get(f"{playground.url}/", timeout=10).text
+    script = requests.get(f"{playground.url}/static/app.js", timeout=10).text
+    for text in (page, script):
+        assert '"/static' not in text and '"/api' not in text
+    assert 'src="static/app.js"' in page and 'post("api/generate"' in script
