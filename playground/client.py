@@ -45,8 +45,12 @@ async def call(client: httpx.AsyncClient, endpoint: Endpoint, generation: Genera
     started = time.perf_counter()
     try:
         response = await client.post(endpoint.infer_url, json=request_body(endpoint, generation))
+    except httpx.ConnectTimeout:
+        seconds = client.timeout.connect or 0.0
+        return _failed(endpoint, started, f"cannot reach {endpoint.url}: no connection within {seconds:g} s")
     except httpx.TimeoutException:
-        return _failed(endpoint, started, f"no answer from {endpoint.url} within {_timeout_s(client):g} s (timed out)")
+        seconds = client.timeout.read or 0.0
+        return _failed(endpoint, started, f"no answer from {endpoint.url} within {seconds:g} s (timed out)")
     except httpx.ConnectError as error:
         return _failed(endpoint, started, f"cannot reach {endpoint.url}: {_reason(error)}")
     except httpx.HTTPError as error:
@@ -126,10 +130,6 @@ def by_unit(results: list[CallResult]) -> dict[str, Any]:
 
 def _failed(endpoint: Endpoint, started: float, message: str) -> CallResult:
     return CallResult(endpoint.name, False, (time.perf_counter() - started) * 1000.0, error=message)
-
-
-def _timeout_s(client: httpx.AsyncClient) -> float:
-    return client.timeout.read or 0.0
 
 
 def _reason(error: BaseException) -> str:

@@ -56,42 +56,52 @@ def splitter(units) -> Iterator[Splitter]:
         yield instance
 
 
-@pytest.fixture(scope="session")
-def playground(units, splitter, tmp_path_factory) -> Iterator[Playground]:
-    port, closed = free_port(), free_port()  # nothing listens on `closed`
-    down_url = f"http://127.0.0.1:{closed}/v2/models/sd"
-    command = [
-        sys.executable, "-m", "playground",
-        "--endpoint", f"cpu-a={units['cpu-a'].http}/v2/models/sd",
-        "--endpoint", f"cpu-b={units['cpu-b'].http}/v2/models/sd",
-        "--endpoint", f"router={splitter.url}",
-        "--endpoint", f"down={down_url}",
-        "--port", str(port), "--timeout", "120", "--max_requests", "40",
-        "--default_steps", "2", "--default_size", "64",
-    ]
-    log = tmp_path_factory.mktemp("playground-logs") / "playground.log"
+def start_playground(specs: list[str], log_dir: Path, *extra: str, down_url: str = "") -> Playground:
+    """``python -m playground`` as a subprocess on a free loopback port, once /healthz answers."""
+    port = free_port()
+    command = [sys.executable, "-m", "playground", "--port", str(port), *extra]
+    for spec in specs:
+        command += ["--endpoint", spec]
+    log = log_dir / f"playground-{port}.log"
     with open(log, "wb") as sink:
         process = subprocess.Popen(command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
     instance = Playground(f"http://127.0.0.1:{port}", process, log, down_url)
     deadline = time.monotonic() + 60
-    try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"playground exited with {process.returncode}:\n{instance.logs()}")
-            try:
-                if requests.get(f"{instance.url}/healthz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"playground did not start:\n{instance.logs()}")
-            time.sleep(0.2)
-        yield instance
-    finally:
-        process.terminate()
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"playground exited with {process.returncode}:\n{instance.logs()}")
         try:
-            process.wait(timeout=15)
+            if requests.get(f"{instance.url}/healthz", timeout=1).ok:
+                return instance
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            stop_playground(instance)
+            raise RuntimeError(f"playground did not start:\n{instance.logs()}")
+        time.sleep(0.2)
+
+
+def stop_playground(instance: Playground) -> None:
+    if instance.process.poll() is None:
+        instance.process.terminate()
+        try:
+            instance.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            instance.process.kill()
+            instance.process.wait()
+
+
+@pytest.fixture(scope="session")
+def playground(units, splitter, tmp_path_factory) -> Iterator[Playground]:
+    down_url = f"http://127.0.0.1:{free_port()}/v2/models/sd"  # nothing listens there
+    specs = [
+        f"cpu-a={units['cpu-a'].http}/v2/models/sd",
+        f"cpu-b={units['cpu-b'].http}/v2/models/sd",
+        f"router={splitter.url}",
+        f"down={down_url}",
+    ]
+    extra = ("--timeout", "120", "--max_requests", "40", "--default_steps", "2", "--default_size", "64")
+    instance = start_playground(specs, tmp_path_factory.mktemp("playground-logs"), *extra, down_url=down_url)
+    yield instance
+    stop_playground(instance)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 
 import requests
 from PIL import Image
+
+from tests.playground.conftest import start_playground, stop_playground
 
 FORM = {"prompt": "a lighthouse at dawn", "steps": 2, "width": 64, "height": 64, "guidance": 7.5, "seed": 42}
 
@@ -104,3 +107,18 @@ def test_the_page_works_under_a_path_prefix(playground):
     for text in (page, script):
         assert '"/static' not in text and '"/api' not in text
     assert 'src="static/app.js"' in page and 'post("api/generate"' in script
+
+
+def test_an_endpoint_that_accepts_but_never_answers_times_out_with_a_message(tmp_path):
+    """A hung server: the connection is accepted (listen backlog) and nothing ever comes back."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}/v2/models/sd"
+        instance = start_playground([f"hung={url}"], tmp_path, "--timeout", "1")
+        try:
+            response = post(instance, "/api/generate", FORM)
+        finally:
+            stop_playground(instance)
+    (result,) = response.json()["results"]
+    assert not result["ok"] and result["error"] == f"no answer from {url} within 1 s (timed out)"
