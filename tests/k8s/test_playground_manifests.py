@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from k8slib import ObjectSet, dig
+import yaml
+from k8slib import REPO_ROOT, ObjectSet, dig, kustomize_build
 
 from playground.endpoints import V1, V2, parse_endpoints
 
@@ -58,9 +61,32 @@ def test_its_endpoints_are_the_router_and_the_units_that_deploy_serves(playgroun
         assert urlsplit(endpoint.url).hostname == f"{unit}-predictor.sd21.svc.cluster.local"
 
 
-def test_the_route_reaches_the_service_port_the_pod_listens_on(playground):
+@pytest.fixture(scope="module")
+def playground_on_the_edge(kubectl: str, tmp_path_factory) -> ObjectSet:
+    """deploy/playground with its optional edge-route component."""
+    overlay = tmp_path_factory.mktemp("playground-edge")
+    base = REPO_ROOT / "deploy" / "playground"
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(base, overlay)],
+                "components": [os.path.relpath(base / "edge-route", overlay)],
+            }
+        )
+    )
+    return ObjectSet(kustomize_build(kubectl, Path(overlay)))
+
+
+def test_the_edge_route_is_opt_in(playground):
+    """No login on the page, and a browser cannot send the edge's x-api-key header: not public by default."""
+    assert not playground.of_kind("HTTPRoute")
+
+
+def test_the_edge_route_reaches_the_service_port_the_pod_listens_on(playground_on_the_edge):
+    playground = playground_on_the_edge
     (service,) = playground.of_kind("Service")
     (route,) = playground.of_kind("HTTPRoute")
+    assert [parent["name"] for parent in route["spec"]["parentRefs"]] == ["sd21-edge"]
     container = _container(playground)
     backends = [ref for rule in route["spec"]["rules"] for ref in rule.get("backendRefs", [])]
     assert backends == [{"name": service["metadata"]["name"], "port": service["spec"]["ports"][0]["port"]}]
