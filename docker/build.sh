@@ -2,7 +2,7 @@
 # Build (and optionally push) the predictor images and the traffic controller's. Run from anywhere; the build context is the
 # repository root. Needs Docker with BuildKit (docker buildx); CI does not run this.
 #
-#   docker/build.sh [neuron|gpu|cpu|controller|all]...        (default: all)
+#   docker/build.sh [neuron|gpu|cpu|controller|playground|all]...        (default: all)
 #
 # Environment:
 #   REGISTRY   image name prefix (default: hw-agnostic-inference, the names the manifests use;
@@ -13,7 +13,8 @@
 #
 # Images: $REGISTRY/predictor-neuron (linux/amd64), $REGISTRY/predictor-gpu (linux/amd64),
 #         $REGISTRY/predictor-cpu (linux/amd64 + linux/arm64 when PUSH=1, else the host's),
-#         $REGISTRY/controller (controller/Dockerfile; linux/amd64 + linux/arm64 likewise).
+#         $REGISTRY/controller (controller/Dockerfile; linux/amd64 + linux/arm64 likewise),
+#         $REGISTRY/playground (docker/Dockerfile.playground; linux/amd64 + linux/arm64 likewise).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,6 +39,8 @@ build() {
   if [[ "$flavour" == "controller" ]]; then
     image="$REGISTRY/controller:$TAG"
     dockerfile="$ROOT/controller/Dockerfile"
+  elif [[ "$flavour" == "playground" ]]; then
+    image="$REGISTRY/playground:$TAG"
   fi
   local output=(--load)
   if [[ "$PUSH" == "1" ]]; then
@@ -60,14 +63,16 @@ for target in "${targets[@]}"; do
     gpu) build gpu linux/amd64 ;;
     cpu) build cpu linux/amd64,linux/arm64 ;;
     controller) build controller linux/amd64,linux/arm64 ;;
+    playground) build playground linux/amd64,linux/arm64 ;;
     all)
       build neuron linux/amd64
       build gpu linux/amd64
       build cpu linux/amd64,linux/arm64
       build controller linux/amd64,linux/arm64
+      build playground linux/amd64,linux/arm64
       ;;
     *)
-      echo "usage: $0 [neuron|gpu|cpu|controller|all]..." >&2
+      echo "usage: $0 [neuron|gpu|cpu|controller|playground|all]..." >&2
       exit 2
       ;;
   esac

@@ -4,6 +4,8 @@ Used by Dockerfile.neuron to install this package's dependencies around the Neur
 the base image ships (``--exclude torch transformers diffusers``):
 
     python docker/pyproject_deps.py pyproject.toml --exclude torch transformers
+
+and by Dockerfile.playground to install one optional extra alone (``--extra playground``).
 """
 
 from __future__ import annotations
@@ -30,10 +32,18 @@ def requirement_name(requirement: str) -> str:
     return normalize(match.group(1))
 
 
-def dependencies(pyproject: Path, exclude: Iterable[str] = ()) -> list[str]:
+def dependencies(pyproject: Path, exclude: Iterable[str] = (), extra: str | None = None) -> list[str]:
+    """The runtime dependencies, or with ``extra`` that optional extra's only."""
     excluded = {normalize(name) for name in exclude}
     with pyproject.open("rb") as handle:
-        deps = tomllib.load(handle)["project"].get("dependencies", [])
+        project = tomllib.load(handle)["project"]
+    if extra is None:
+        deps = project.get("dependencies", [])
+    else:
+        extras = project.get("optional-dependencies", {})
+        if extra not in extras:
+            raise KeyError(f"{pyproject} has no optional extra {extra!r} (it has: {', '.join(sorted(extras))})")
+        deps = extras[extra]
     return [dep for dep in deps if requirement_name(dep) not in excluded]
 
 
@@ -41,8 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pyproject", type=Path)
     parser.add_argument("--exclude", nargs="*", default=[], help="Project names to leave out.")
+    parser.add_argument("--extra", help="Print this optional extra's dependencies instead of the runtime ones.")
     args = parser.parse_args(argv)
-    for dep in dependencies(args.pyproject, args.exclude):
+    try:
+        deps = dependencies(args.pyproject, args.exclude, args.extra)
+    except KeyError as error:
+        print(f"pyproject_deps: {error.args[0]}", file=sys.stderr)
+        return 2
+    for dep in deps:
         print(dep)
     return 0
 

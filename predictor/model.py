@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -27,6 +28,23 @@ from predictor.device import DeviceInfo
 from predictor.pipelines.base import Task
 
 logger = logging.getLogger(__name__)
+
+# The deployment unit's name, when it differs from --model_name (the runtimes pass the
+# InferenceService name, i.e. the unit, as --model_name already).
+UNIT_ENV = "PREDICTOR_UNIT"
+
+
+def served_by(model_name: str, device: DeviceInfo) -> dict[str, str]:
+    """What each answer reports about where it was produced.
+
+    In the body, because KServe's InferenceGraph router returns a unit's body and status but not
+    its headers (kserve cmd/router/main.go: ``callService``/``graphHandler``).
+    """
+    return {
+        "unit": os.environ.get(UNIT_ENV) or model_name,
+        "device": device.kind,
+        "device_name": ";".join(device.names),
+    }
 
 
 class PredictorModel(Model):
@@ -46,6 +64,7 @@ class PredictorModel(Model):
         self.device = device
         self.warmup = warmup
         self.labels = {"model_name": name, "device": device.kind}
+        self.served_by = served_by(name, device)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         # Encoding results (PNG + base64: ~50 ms per 512x512 image) must not run on the event loop,
         # nor delay the next batch on the inference thread.
@@ -141,13 +160,14 @@ class PredictorModel(Model):
             from_grpc=request.from_grpc,
             use_binary_outputs=binary,
             requested_outputs=request.request_outputs,
+            parameters=dict(self.served_by),
         )
 
     async def _predict_v1(self, body: dict) -> dict:
         items = await self.task.off_loop(self.task.parse_v1, body)
         results = await self.batcher.submit(items)
         predictions = await asyncio.get_running_loop().run_in_executor(self.encoder, self.task.v1_predictions, results)
-        return {"predictions": predictions}
+        return {"predictions": predictions, "parameters": dict(self.served_by)}
 
     def _observe_batch(self, stats: BatchStats) -> None:
         metrics.BATCH_SIZE.labels(**self.labels).observe(stats.size)

@@ -101,11 +101,38 @@ def test_build_script_builds_the_images_the_runtimes_use() -> None:
     )
     tags = re.findall(r"--tag (\S+)", result.stdout)
     controller = f"{DEFAULT_REGISTRY}/controller:0.1.0"  # controller/deploy/kustomization.yaml's image
-    assert sorted(tags) == sorted([*_runtime_images().values(), controller]), "docker/build.sh and the manifests disagree"
+    playground = f"{DEFAULT_REGISTRY}/playground:0.1.0"  # deploy/playground/deployment.yaml's image
+    expected = [*_runtime_images().values(), controller, playground]
+    assert sorted(tags) == sorted(expected), "docker/build.sh and the manifests disagree"
     assert "controller/Dockerfile" in next(line for line in result.stdout.splitlines() if controller in line)
-    cpu_line = next(line for line in result.stdout.splitlines() if "Dockerfile.cpu" in line)
-    assert "linux/amd64\\,linux/arm64" in cpu_line or "linux/amd64,linux/arm64" in cpu_line
-    assert result.stdout.count("--push") == 4
+    assert "docker/Dockerfile.playground" in next(line for line in result.stdout.splitlines() if playground in line)
+    for dockerfile in ("Dockerfile.cpu", "Dockerfile.playground"):
+        line = next(line for line in result.stdout.splitlines() if dockerfile in line)
+        assert "linux/amd64\\,linux/arm64" in line or "linux/amd64,linux/arm64" in line
+    assert result.stdout.count("--push") == 5
+
+
+def test_the_playground_image_runs_non_root_without_torch() -> None:
+    instructions = _instructions(DOCKER / "Dockerfile.playground")
+    users = [args for name, args in instructions if name == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root"), "Dockerfile.playground: run as non-root"
+    (entrypoint,) = [args for name, args in instructions if name == "ENTRYPOINT"]
+    assert entrypoint.endswith('"python", "-m", "playground"]'), entrypoint
+    run = " ".join(args for name, args in instructions if name == "RUN")
+    assert "--no-deps /tmp/src" in run and "--extra playground" in run, "only the playground extra, no torch"
+    ignore = (DOCKER / "Dockerfile.playground.dockerignore").read_text().splitlines()
+    for needed in ("*", "!pyproject.toml", "!README.md", "!predictor/", "!playground/", "!docker/pyproject_deps.py"):
+        assert needed in ignore, f"Dockerfile.playground.dockerignore lacks {needed}"
+
+
+def test_pyproject_deps_prints_one_extra_and_refuses_an_unknown_one() -> None:
+    deps = pyproject_deps.dependencies(REPO_ROOT / "pyproject.toml", extra="playground")
+    assert {pyproject_deps.requirement_name(dep) for dep in deps} == {"fastapi", "uvicorn", "httpx"}
+    result = subprocess.run(
+        [sys.executable, str(DOCKER / "pyproject_deps.py"), str(REPO_ROOT / "pyproject.toml"), "--extra", "nope"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert result.returncode == 2 and "no optional extra 'nope'" in result.stderr
 
 
 def test_runtime_images_are_named_after_their_dockerfile() -> None:

@@ -66,6 +66,10 @@ def main() -> None:
             results = list(pool.map(lambda i: call(client, [f"p{i}"], num_inference_steps=40), range(8)))
         out["statuses"] = [r.get("status", "OK") for r in results]
         out["messages"] = [r.get("message", "") for r in results]
+    elif scenario == "served_by":
+        result = client.infer("sd", [prompt_input(["who served this"])], parameters={"num_inference_steps": 2})
+        parameters = result.get_response().parameters
+        out["parameters"] = {key: parameters[key].string_param for key in parameters}
     print(json.dumps(out))
 
 

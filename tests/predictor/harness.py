@@ -34,10 +34,23 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def start_server(model_dir: Path, log_dir: Path, *extra: str, name: str = "sd", timeout: float = 90) -> Server:
+def start_server(
+    model_dir: Path,
+    log_dir: Path,
+    *extra: str,
+    name: str = "sd",
+    timeout: float = 90,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """``env`` adds to (or overrides) this process's environment for the server."""
     http_port, grpc_port = free_port(), free_port()
     log = log_dir / f"server-{http_port}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+        **(env or {}),
+    }
     command = [
         sys.executable,
         "-m",
