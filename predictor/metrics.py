@@ -28,3 +28,11 @@ PIPELINE_SECONDS = Histogram(
 QUEUE_DEPTH = Gauge("predictor_queue_depth", "Items waiting for a batch", LABELS)
 REJECTED = Counter("predictor_requests_rejected_total", "Requests refused before inference", (*LABELS, "reason"))
 MODEL_READY = Gauge("predictor_model_ready", "1 once the model is loaded and warmed up", LABELS)
+INFLIGHT = Gauge(
+    "predictor_inflight_requests", "Inference requests admitted and not yet answered (what a drain waits for)", LABELS
+)
+DEVICE_FAILURES = Counter(
+    "predictor_device_failures_total",
+    "Device calls that ran out of memory, failed unrecoverably, or missed their deadline",
+    (*LABELS, "kind"),
+)

@@ -448,6 +448,12 @@ class TextGenerationTask(Task):
     def batch_key(self, item: GenerateItem) -> Hashable:
         return item.sampling
 
+    def batch_cost(self, items: Sequence[GenerateItem]) -> float:
+        """Decoding work: rows x (longest prompt + most new tokens), as the batch is padded and run."""
+        if not items:
+            return 0.0
+        return float(len(items) * (max(len(i.input_ids) for i in items) + max(i.max_tokens for i in items)))
+
     def run_batch(self, items: Sequence[GenerateItem]) -> list[Generation]:
         sampling = items[0].sampling
         if any(item.sampling != sampling for item in items):

@@ -299,6 +299,10 @@ class TextToImageTask(Task):
     def batch_key(self, item: ImageItem) -> Hashable:
         return item.params
 
+    def batch_cost(self, items: Sequence[ImageItem]) -> float:
+        """Denoising work: images x steps x latent pixels (the watchdog deadline scales with it)."""
+        return float(sum(item.params.num_inference_steps * item.params.height * item.params.width for item in items))
+
     def run_batch(self, items: Sequence[ImageItem]) -> list[Any]:
         params = items[0].params
         if any(item.params != params for item in items):
