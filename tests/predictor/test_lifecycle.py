@@ -189,6 +189,30 @@ def test_requests_whose_clients_left_leave_the_queue_at_once_and_never_reach_the
         stop_server(server)
 
 
+def test_grpc_requests_cancelled_by_their_deadline_leave_the_queue_and_never_reach_the_device(tiny_model, tmp_path,
+                                                                                               gate):
+    server = launch(tiny_model, tmp_path, "--max_batch_size", "1", "--max_queue_size", "2", "--batch_wait_ms", "0",
+                    env={"FAULT_GATE_FILE": str(gate)})
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            occupant = pool.submit(infer, server, "hold occupant")
+            assert wait_until(lambda: any("hold occupant" in call for call in device_calls(server))), server.logs()
+            clients = grpc_clients(server, "abandoned over grpc", 2, timeout_s=10)
+            assert wait_until(lambda: metric(server, "predictor_queue_depth") == 2), server.logs()
+            assert {r["status"] for r in grpc_results(clients)} == {"StatusCode.DEADLINE_EXCEEDED"}
+            wait_until(lambda: metric(server, "predictor_queue_depth") == 0, timeout=10)
+
+            fresh = pool.submit(infer, server, "fresh")
+            wait_until(lambda: fresh.done() or metric(server, "predictor_queue_depth") == 1, timeout=10)
+            gate.touch()
+            assert fresh.result().status_code == 200, fresh.result().text
+            assert occupant.result().status_code == 200
+        assert metric(server, "predictor_batch_size_sum") == 2
+        assert not any("abandoned" in call for call in device_calls(server))
+    finally:
+        stop_server(server)
+
+
 # ----------------------------------------------------------------------------- 4. a sick device
 
 
