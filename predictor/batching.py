@@ -229,8 +229,7 @@ class DynamicBatcher:
         except TimeoutError:
             # The thread stays blocked in the call; nothing can interrupt it. The process must restart.
             raise DeviceUnhealthy(
-                f"a device call for {len(items)} item(s) did not return within its deadline of {deadline:.1f}s; "
-                "the device is unhealthy and this replica is restarting"
+                f"a device call for {len(items)} item(s) did not return within its deadline of {deadline:.1f}s"
             ) from None
         if len(results) != len(items):
             raise RuntimeError(f"pipeline returned {len(results)} results for {len(items)} items")

@@ -13,6 +13,9 @@ signals) is the production code path; only the device misbehaves:
   $FAULT_LOAD_GATE_FILE      ``load`` waits until this file exists (the model stays "loading")
   $FAULT_LOAD_LOG            each ``load`` call appends one line to this file
 
+Each ``run_batch`` call first prints ``FAULT device call: [prompts]`` to the server's log, so a test
+can see what reached the device and when a call has started.
+
 The module also holds the test-side launcher, :func:`launch`, which starts it on free loopback ports.
 """
 
