@@ -3,6 +3,7 @@
 Usage: python lifecycle_grpc_client.py ADDRESS PROMPT COUNT [TIMEOUT_S]
 Sends COUNT concurrent ModelInfer calls with prompts "PROMPT 0", "PROMPT 1", ... and prints one JSON
 list, one {"status", "message"} per call ("OK" for a success).
+With PROMPT "--unload" it calls RepositoryModelUnload for "sd" instead (COUNT is ignored).
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ def main() -> None:
     address, prompt, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     timeout_s = float(sys.argv[4]) if len(sys.argv) > 4 else 120.0
     client = grpcclient.InferenceServerClient(address)
+    if prompt == "--unload":
+        try:
+            client.unload_model("sd")
+            print(json.dumps([{"status": "OK", "message": ""}]))
+        except InferenceServerException as error:
+            print(json.dumps([{"status": str(error.status()), "message": error.message() or ""}]))
+        return
     with concurrent.futures.ThreadPoolExecutor(max(1, count)) as pool:
         results = list(pool.map(lambda i: infer(client, f"{prompt} {i}", timeout_s), range(count)))
     print(json.dumps(results))

@@ -292,6 +292,8 @@ def test_repository_load_and_unload_are_off_by_default(tiny_model, tmp_path):
             response = requests.post(f"{server.http}/v2/repository/models/sd/{action}", timeout=10)
             assert response.status_code == 501, response.text
             assert "--enable_repository_api" in response.text
+        [over_grpc] = grpc_results(grpc_clients(server, "--unload", 1))
+        assert over_grpc["status"] == "StatusCode.UNIMPLEMENTED" and "--enable_repository_api" in over_grpc["message"]
         assert requests.get(f"{server.http}/v2/health/ready", timeout=5).status_code == 200
         assert infer(server, "still here").status_code == 200
     finally:
