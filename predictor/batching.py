@@ -49,6 +49,13 @@ class _Entry:
 
 
 @dataclass(frozen=True)
+class _Failed:
+    """A failed item's outcome (a task may return exception objects as ordinary results)."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True)
 class BatchStats:
     size: int
     queue_waits: tuple[float, ...]
@@ -171,8 +178,8 @@ class DynamicBatcher:
             for entry, outcome in zip(batch, outcomes, strict=True):
                 if entry.future.done():
                     continue
-                if isinstance(outcome, BaseException):
-                    entry.future.set_exception(outcome)
+                if isinstance(outcome, _Failed):
+                    entry.future.set_exception(outcome.error)
                 else:
                     entry.future.set_result(outcome)
             if self.unusable is not None:
@@ -180,7 +187,7 @@ class DynamicBatcher:
                 return
 
     async def _run(self, batch: list[_Entry]) -> list[Any]:
-        """One result or exception per entry. Out of memory on several items: each item alone."""
+        """One result or ``_Failed`` per entry. Out of memory on several items: each item alone."""
         try:
             return await self._call_device([entry.item for entry in batch])
         except Exception as error:
@@ -189,20 +196,20 @@ class DynamicBatcher:
                 self._on_device_failure(kind, str(error))
                 logger.warning("out of device memory on a batch of %d: running its items one at a time", len(batch))
                 return [await self._run_alone(entry) for entry in batch]
-            return [self._failed(kind, error, len(batch))] * len(batch)
+            return [_Failed(self._failed(kind, error, len(batch)))] * len(batch)
 
     async def _run_alone(self, entry: _Entry) -> Any:
         if entry.future.done():  # cancelled meanwhile
             return None
         if self.unusable is not None:
-            return self.unusable
+            return _Failed(self.unusable)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, device_health.release_cached_memory)
         try:
             return (await self._call_device([entry.item]))[0]
         except Exception as error:
             kind = DEADLINE if isinstance(error, DeviceUnhealthy) else device_health.classify(error)
-            return self._failed(kind, error, 1)
+            return _Failed(self._failed(kind, error, 1))
 
     def _failed(self, kind: str, error: BaseException, size: int) -> BaseException:
         """The exception the callers of a failed call get; records what it means for the device."""

@@ -252,6 +252,7 @@ class LifecycleModelServer(ModelServer):
             await asyncio.sleep(0.05)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._on_shutdown_signal, sig)
+        logger.info("SIGTERM / SIGINT drain the server (up to %.0fs for requests in flight)", self.drain_timeout_s)
 
     def stop(self, sig: int) -> None:
         """kserve's signal handlers (SIGQUIT, or a signal before uvicorn started) land here: drain too."""

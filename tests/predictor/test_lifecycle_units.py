@@ -177,3 +177,14 @@ def test_an_unrecoverable_error_fails_its_batch_and_makes_the_device_unusable():
     error = asyncio.run(scenario())
     assert isinstance(error, torch.AcceleratorError)
     assert failures == [device_health.UNRECOVERABLE]
+
+
+def test_exception_objects_a_task_returns_as_results_stay_results():
+    """Image tasks return a decoding error as one item's result (that request gets 400, the others their answer)."""
+    problem = ValueError("image could not be decoded")
+    batcher = batcher_for(lambda items: [problem if item == "bad" else item.upper() for item in items])
+
+    async def scenario():
+        return await asyncio.gather(batcher.submit(["bad"]), batcher.submit(["good"]))
+
+    assert asyncio.run(scenario()) == [[problem], ["GOOD"]]
