@@ -263,18 +263,18 @@ class LifecycleModelServer(ModelServer):
 
     def _on_shutdown_signal(self, sig: int) -> None:
         if self._drain is None:
-            self._drain = asyncio.ensure_future(self._drain_then_stop(signal.Signals(sig).name))
+            self.lifecycle.begin_drain()
+            logger.info(
+                "%s: draining: not ready, new requests get 503 / UNAVAILABLE; waiting up to %.0fs for %d request(s) "
+                "in flight", signal.Signals(sig).name, self.drain_timeout_s, self.lifecycle.inflight,
+            )  # fmt: skip
+            self._drain = asyncio.ensure_future(self._drain_then_stop())
         else:
             logger.warning("%s during the drain: stopping without waiting for the requests in flight",
                            signal.Signals(sig).name)
             self._stop_now.set()
 
-    async def _drain_then_stop(self, signal_name: str) -> None:
-        self.lifecycle.begin_drain()
-        logger.info(
-            "%s: draining: not ready, new requests get 503 / UNAVAILABLE; waiting up to %.0fs for %d request(s) in flight",
-            signal_name, self.drain_timeout_s, self.lifecycle.inflight,
-        )  # fmt: skip
+    async def _drain_then_stop(self) -> None:
         waiting = asyncio.ensure_future(self.lifecycle.wait_idle(self.drain_timeout_s))
         stop_now = asyncio.ensure_future(self._stop_now.wait())
         await asyncio.wait({waiting, stop_now}, return_when=asyncio.FIRST_COMPLETED)
