@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     options = {"dtype": args.dtype, "torch_compile": args.torch_compile}
     task = task_factory(str(model_dir), device, limits, options)
 
-    from kserve import ModelServer
-
+    from predictor.http_lifecycle import install_lifecycle_middleware
+    from predictor.lifecycle import LifecycleModelServer
     from predictor.model import PredictorModel
     from predictor.server import install_error_handlers
 
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_wait_ms=args.batch_wait_ms,
         max_queue_size=args.max_queue_size,
         warmup=args.warmup,
+        batch_deadline_s=args.batch_deadline_s,
     )
     install_error_handlers()
     from predictor.rest_requests import install_rest_request_handling
@@ -112,7 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     install_rest_request_handling(args.max_request_bytes)
     if task_name == "text-generation":
         install_openai_routes(model)
-    server = ModelServer(
+    install_lifecycle_middleware(model.lifecycle, model.name)
+    server = LifecycleModelServer(
+        lifecycle=model.lifecycle,
+        served_model_names=[model.name],
+        drain_timeout_s=args.drain_timeout_s,
+        enable_repository_api=args.enable_repository_api,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         workers=1,
@@ -135,6 +141,16 @@ def main(argv: list[str] | None = None) -> int:
 
     model.load_in_background(load_failed)
     server.start([])  # the model is registered already; it reports ready once warmed up
+    return _exit_after_serving(model)
+
+
+def _exit_after_serving(model) -> int:
+    """The servers have stopped (a drain, docs/lifecycle.md). A thread still inside a device call
+    (a load in progress, a wedged call) would keep the interpreter from exiting: leave without it."""
+    if model.device_busy:
+        logger.warning("exiting while the inference thread is still inside a device call")
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

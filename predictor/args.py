@@ -101,4 +101,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="Largest REST request body accepted (bytes, after gzip/deflate decoding); beyond it HTTP 413. "
         "The default holds four 12-megapixel JPEG photos in base64 JSON.",
     )
+
+    lifecycle = parser.add_argument_group("lifecycle (docs/lifecycle.md)")
+    lifecycle.add_argument(
+        "--drain_timeout_s",
+        type=float,
+        default=60.0,
+        help="On SIGTERM, how long requests already accepted may take to finish before the server stops anyway. "
+        "Keep it below the pod's terminationGracePeriodSeconds minus any preStop time "
+        "(Knative: the revision timeout minus the queue-proxy drain).",
+    )
+    lifecycle.add_argument(
+        "--batch_deadline_s",
+        type=float,
+        default=0.0,
+        help="A device call running longer than this makes the model not ready and the server not live (the "
+        "pod restarts). 0 derives it from the warm-up call, scaled by each call's work.",
+    )
+    lifecycle.add_argument(
+        "--enable_repository_api",
+        type=_bool,
+        default=False,
+        help="Serve the repository extension's model load / unload (REST /v2/repository/..., gRPC "
+        "RepositoryModelLoad/Unload). Off: they answer 501 / UNIMPLEMENTED.",
+    )
     return parser

@@ -92,3 +92,11 @@ def counted_request(
         return wrapper
 
     return decorate
+INFLIGHT = Gauge(
+    "predictor_inflight_requests", "Inference requests admitted and not yet answered (what a drain waits for)", LABELS
+)
+DEVICE_FAILURES = Counter(
+    "predictor_device_failures_total",
+    "Device calls that ran out of memory, failed unrecoverably, or missed their deadline",
+    (*LABELS, "kind"),
+)

@@ -89,3 +89,12 @@ class Task(ABC):
     @abstractmethod
     def warmup_items(self) -> list[Any]:
         """A small synthetic request run before the model reports ready."""
+
+    def batch_cost(self, items: Sequence[Any]) -> float:
+        """Relative device work of one call for ``items`` (any unit, compared only with the warm-up's).
+
+        The deadline of a device call is the warm-up call's duration scaled by this ratio
+        (``predictor.device_health.derived_deadline``). Tasks whose calls vary (steps, image size,
+        tokens) override it.
+        """
+        return float(len(items))

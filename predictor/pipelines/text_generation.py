@@ -561,6 +561,12 @@ class TextGenerationTask(Task):
             return item.sampling
         return (item.sampling, item.seed)  # one seed per call: only rows with the same seed batch
 
+    def batch_cost(self, items: Sequence[GenerateItem]) -> float:
+        """Decoding work: rows x (longest prompt + most new tokens), as the batch is padded and run."""
+        if not items:
+            return 0.0
+        return float(len(items) * (max(len(i.input_ids) for i in items) + max(i.max_tokens for i in items)))
+
     def run_batch(self, items: Sequence[GenerateItem]) -> list[Generation]:
         sampling = items[0].sampling
         if any(item.sampling != sampling for item in items):

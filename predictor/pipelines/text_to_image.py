@@ -365,6 +365,10 @@ class TextToImageTask(Task):
             return (item.params, bool(item.negative_prompt))
         return item.params
 
+    def batch_cost(self, items: Sequence[ImageItem]) -> float:
+        """Denoising work: images x steps x latent pixels (the watchdog deadline scales with it)."""
+        return float(sum(item.params.num_inference_steps * item.params.height * item.params.width for item in items))
+
     def run_batch(self, items: Sequence[ImageItem]) -> list[Any]:
         params = items[0].params
         if any(item.params != params for item in items):
