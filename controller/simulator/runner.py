@@ -10,7 +10,7 @@ import numpy as np
 from controller.config import ControllerConfig
 from controller.simulator.dispatch import merit_order_matrix
 from controller.simulator.model import ClusterSettings, KpaSettings, Run, SimUnit, SloSettings, simulate_policy
-from controller.simulator.oracle import oracle_run
+from controller.simulator.oracle import oracle_run, relaxed_oracle_run
 from controller.simulator.policies import ControllerPolicy, SeedTwoStatePolicy, StaticPolicy
 from controller.traces import Trace
 from controller.weights import capacity_optimized_weights, cost_optimized_weights
@@ -117,6 +117,14 @@ def summarise(config: ControllerConfig, runs: Mapping[str, Run], settings: SimSe
     units = sim_units(config)
     out: dict = {"policies": {}}
     oracle = runs.get("oracle")
+    relaxed = None
+    if runs:
+        any_run = next(iter(runs.values()))
+        trace = Trace(any_run.time_s, any_run.demand,
+                      {n: any_run.available[:, i] for i, n in enumerate(any_run.names)})
+        relaxed = relaxed_oracle_run(units, trace, settings.kpa, settings.slo)
+        out["relaxed_oracle"] = {"cost_usd": round(relaxed.cost_usd, 4),
+                                 "dropped": round(float((relaxed.dropped * relaxed.dt[:, None]).sum()), 3)}
     for name, run in runs.items():
         s = run.summary(settings.slo)
         s["lower_bound_usd"] = round(lower_bound_usd(run, units, settings.kpa), 4)
@@ -124,6 +132,8 @@ def summarise(config: ControllerConfig, runs: Mapping[str, Run], settings: SimSe
             s["cost_vs_oracle"] = round(run.cost_usd / oracle.cost_usd, 4) if oracle.cost_usd > 0 else None
             s["excess_dropped"] = round(max(0.0, s["dropped"] - float((oracle.dropped * oracle.dt[:, None]).sum())),
                                         3)
+        if relaxed is not None and relaxed.cost_usd > 0:
+            s["cost_vs_relaxed_oracle"] = round(run.cost_usd / relaxed.cost_usd, 4)
         out["policies"][name] = s
     pol = out["policies"]
     if {"controller", "oracle"} <= set(pol):
