@@ -43,6 +43,9 @@ class Unit:
     min_replicas: int = 0
     startup_s: float = 300.0  # time from scale-up to a ready replica (pre-warm, simulator)
     nodepool: str | None = None  # Karpenter NodePool feeding this unit
+    # Karpenter capacity type the unit's nodes run on (karpenter.sh/capacity-type). "spot": priced
+    # at spot in price_per_hour, interrupted with a 2-minute notice (docs/simulation.md, spot).
+    capacity_type: Literal["on-demand", "spot"] = "on-demand"
     service_name: str | None = None  # ALB target group service; defaults to ``name``
     service_port: int = 80  # ALB target group port
 
@@ -275,6 +278,9 @@ def _parse_unit(raw: Any, path: str, default_ns: str) -> Unit:
     nodepool = data.get("nodepool")
     if nodepool is not None:
         nodepool = _str(nodepool, f"{path}.nodepool", dns=True)
+    capacity_type = data.get("capacity_type", "on-demand")
+    if capacity_type not in ("on-demand", "spot"):
+        raise _err(f"{path}.capacity_type", f"must be on-demand or spot, got {capacity_type!r}")
     service_name = data.get("service_name")
     if service_name is not None:
         service_name = _str(service_name, f"{path}.service_name", dns=True)
@@ -291,6 +297,7 @@ def _parse_unit(raw: Any, path: str, default_ns: str) -> Unit:
         min_replicas=min_r,
         startup_s=startup,
         nodepool=nodepool,
+        capacity_type=capacity_type,
         service_name=service_name,
         service_port=port,
     )
