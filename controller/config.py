@@ -98,6 +98,11 @@ class Routing:
     # Leave the router alone unless a weight would move by at least this many points (or a unit
     # is overloaded or not ready): every InferenceGraph edit rolls out a new router revision.
     min_weight_change: int = 5
+    # The cost of a dropped request (USD), the trade-off between paying for replicas and dropping:
+    # merit-order starts bridge replicas on the fastest-starting units for demand that no ready
+    # replica carries only where the requests they save are worth more than they cost
+    # (allocation.urgent_bridge). 0: never (the autoscaler and the plan alone).
+    drop_cost_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -406,7 +411,9 @@ def _parse_routing(raw: Any, measured_demand: bool) -> Routing:
     if highest < target:
         raise _err(f"{path}.max_utilisation", f"must be >= target_utilisation ({target:g})")
     step = _int(data.get("min_weight_change", Routing.min_weight_change), f"{path}.min_weight_change", ge=1, le=100)
-    return Routing(strategy=strategy, target_utilisation=target, max_utilisation=highest, min_weight_change=step)
+    drop_cost = _number(data.get("drop_cost_usd", Routing.drop_cost_usd), f"{path}.drop_cost_usd", ge=0)
+    return Routing(strategy=strategy, target_utilisation=target, max_utilisation=highest, min_weight_change=step,
+                   drop_cost_usd=drop_cost)
 
 
 def _parse_lease(raw: Any, default_ns: str) -> Lease:

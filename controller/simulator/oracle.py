@@ -31,43 +31,17 @@ Two figures (docs/simulation.md, "The oracles"):
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
 
 from controller.simulator.dispatch import merit_order_matrix
-from controller.simulator.model import KpaSettings, Run, SimUnit, SloSettings, evaluate_slo
+from controller.simulator.model import KpaSettings, Run, SimUnit, SloSettings, evaluate_slo, window_extreme
 from controller.traces import Trace
 
 
 def _floors(units: Sequence[SimUnit], kpa: KpaSettings) -> np.ndarray:
     return np.array([max(u.min_replicas, 0 if kpa.scale_to_zero else 1) for u in units], dtype=float)
-
-
-def _window_extreme(t: np.ndarray, values: np.ndarray, span_s: float, forward: bool, use_max: bool) -> np.ndarray:
-    """Max (or min) of ``values`` over ``[t_k, t_k + span]`` (forward) or ``[t_k - span, t_k]``."""
-    n = t.size
-    out = np.empty(n)
-    q: deque[int] = deque()
-    better = (lambda a, b: a >= b) if use_max else (lambda a, b: a <= b)
-    if forward:
-        for k in range(n - 1, -1, -1):
-            while q and better(values[k], values[q[-1]]):
-                q.pop()
-            q.append(k)
-            while q and t[q[0]] > t[k] + span_s + 1e-9:
-                q.popleft()
-            out[k] = values[q[0]]
-    else:
-        for k in range(n):
-            while q and better(values[k], values[q[-1]]):
-                q.pop()
-            q.append(k)
-            while q and t[q[0]] < t[k] - span_s - 1e-9:
-                q.popleft()
-            out[k] = values[q[0]]
-    return out
 
 
 def usable_replicas(units: Sequence[SimUnit], trace: Trace) -> np.ndarray:
@@ -77,7 +51,7 @@ def usable_replicas(units: Sequence[SimUnit], trace: Trace) -> np.ndarray:
     cols = []
     for u in units:
         avail = trace.available_replicas(u.name, u.max_replicas).astype(float)
-        cols.append(_window_extreme(t, avail, u.startup_s, forward=False, use_max=False))
+        cols.append(window_extreme(t, avail, u.startup_s, forward=False, use_max=False))
     return np.stack(cols, axis=1)
 
 
@@ -121,7 +95,7 @@ def oracle_run(units: Sequence[SimUnit], trace: Trace, kpa: KpaSettings | None =
         ready[k] = integer_dispatch(costs, util * mx, usable[k], floor, float(demand[k]))
     # Paid at t: the most replicas needed ready within one start-up ahead, and at least the floor
     # the cloud allows (the policies pay that too).
-    billed = np.stack([_window_extreme(trace.time_s, ready[:, i], u.startup_s, forward=True, use_max=True)
+    billed = np.stack([window_extreme(trace.time_s, ready[:, i], u.startup_s, forward=True, use_max=True)
                        for i, u in enumerate(units)], axis=1)
     billed = np.minimum(np.maximum(billed, np.minimum(floor[None, :], avail)), avail)
     billed = np.maximum(billed, ready)  # a ready pod is paid (equal unless the warm start)

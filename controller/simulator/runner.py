@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -40,14 +40,9 @@ def sim_units(config: ControllerConfig) -> list[SimUnit]:
 
 
 def cluster_from_config(config: ControllerConfig, base: ClusterSettings | None = None) -> ClusterSettings:
-    base = base or ClusterSettings()
-    return ClusterSettings(
-        pending_grace_s=float(config.timing.pending_grace_s),
-        pending_s=base.pending_s,
-        capacity_error_window_s=float(config.timing.capacity_error_window_s),
-        ice_retry_s=base.ice_retry_s,
-        demand_window_s=base.demand_window_s,
-    )
+    """``base`` with the grace period and the capacity-error window of the config's timing."""
+    return replace(base or ClusterSettings(), pending_grace_s=float(config.timing.pending_grace_s),
+                   capacity_error_window_s=float(config.timing.capacity_error_window_s))
 
 
 def named_weights(config: ControllerConfig, spec: str | Mapping[str, int] | None) -> dict[str, int]:

@@ -222,3 +222,26 @@ def test_merit_order_cannot_start_idle_units_without_prewarm():
         parse_config(data)
     assert parse_config({**data, "prewarm": {"enabled": True}}).routing.strategy == "merit-order"
     assert parse_config({**data, "routing": {"strategy": "proportional"}}).routing.strategy == "proportional"
+
+
+def test_a_spot_interruption_notice_moves_traffic_and_starts_replacements_before_the_pods_go():
+    units = [{"name": n, "pool": "cost" if n == INF2 else "capacity", "instance_type": "x",
+              "price_per_hour": 0.43 if n == G5T else PRICE[n], "max_throughput": TPUT[n], "latency_s": 0.7,
+              "max_replicas": 10, "min_replicas": 1, **({"capacity_type": "spot"} if n == G5T else {})}
+             for n in NAMES]
+    cfg = make_config(units=units)  # g5-triton on spot: the cheapest unit, it carries most of the load
+    others = {G5T: UnitSignals(ready_replicas=7, desired_replicas=7)}
+    calm = decide(cfg, initial_state(cfg, 0), signals(0, 700.0, inf2_ready=1, desired=1, others=others), 0)
+    assert calm.weights[G5T] >= 60
+    # 5 of its 7 ready replicas got the 2-minute notice.
+    noticed = {G5T: UnitSignals(ready_replicas=7, desired_replicas=7, interrupting_replicas=5)}
+    d = decide(cfg, calm.state, signals(30, 700.0, inf2_ready=1, desired=1, others=noticed), 30)
+    # The plan puts on g5-triton no more than its two lasting replicas carry at max utilisation (its
+    # interrupted replicas still serve until their node goes, so the router may still use them)...
+    assert d.planned_rps[G5T] <= 2 * 90 * 0.9
+    assert d.state.mode == COST  # a capacity unit's interruption is not a cost-pool failover
+    # ...and replicas replacing the five are started now, elsewhere (floors above the plan's old ones).
+    added = sum((d.prewarm[n] - calm.prewarm[n]) * TPUT[n] for n in NAMES if n != G5T)
+    assert added >= 5 * 90 * 0.7  # the interrupted replicas' load at the target utilisation
+    # (g5-triton's floor of 8 is held for prewarm.hold_s like any floor: pods it cannot schedule are
+    # not paid, and they are the probe that finds the spot capacity when it returns.)
