@@ -396,6 +396,10 @@ def family_spot(units: Sequence, seed: int, hours: float = 24.0, step_s: float =
 
 
 FAMILIES = {"outages": family_outages, "flapping": family_flapping, "bursts": family_bursts, "spot": family_spot}
+_EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# --config of `python -m controller.traces FAMILY` when none is given (the repository's examples)
+DEFAULT_FAMILY_CONFIG = {"outages": _EXAMPLES / "sd21-seed.yaml", "flapping": _EXAMPLES / "sd21-seed.yaml",
+                         "bursts": _EXAMPLES / "sd21-seed.yaml", "spot": _EXAMPLES / "sd21-spot.yaml"}
 FAMILY_HOURS = {"outages": 24.0, "flapping": 24.0, "bursts": 48.0, "spot": 24.0}
 
 
@@ -425,7 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m controller.traces", description="Generate a simulator trace CSV.")
     p.add_argument("kind", choices=["diurnal", "burst", "outage", *FAMILIES],
                    help="a single trace (diurnal, burst, outage) or a family drawn per --seed "
-                        f"({', '.join(FAMILIES)}; needs --config)")
+                        f"({', '.join(FAMILIES)}; for the units of --config, default examples/sd21-seed.yaml, "
+                        "spot: examples/sd21-spot.yaml)")
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--hours", type=float, default=24.0, help="length (default 24; families: their own)")
     p.add_argument("--step", type=float, default=10.0, help="seconds between rows (default 10)")
@@ -447,11 +452,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         if a.kind in FAMILIES:
-            if not a.config:
-                p.error(f"{a.kind} needs --config (the units it draws capacity events for)")
-            from controller.config import load_config
+            from controller.config import ConfigError, load_config
 
-            tr = family_trace(a.kind, load_config(a.config).units, a.seed, a.step,
+            config = a.config or str(DEFAULT_FAMILY_CONFIG[a.kind])
+            try:
+                units = load_config(config).units
+            except ConfigError as exc:
+                print(f"error: {a.kind} draws capacity events for the units of --config: {exc}", file=sys.stderr)
+                return 2
+            tr = family_trace(a.kind, units, a.seed, a.step,
                               a.hours if "--hours" in (argv or sys.argv) else None)
         elif a.kind == "diurnal":
             tr = diurnal(a.hours, a.step, a.base, a.peak or 800.0, a.trough_h, noise=a.noise, seed=a.seed)

@@ -100,11 +100,10 @@ def test_spot_family_without_spot_units_has_no_capacity_events(seed_config):
     assert family_trace("spot", seed_config.units, 0, step_s=60.0).available == {}
 
 
-def test_cli_writes_a_family_trace_and_needs_a_config(tmp_path, capsys):
+def test_cli_writes_a_family_trace_for_the_example_config_unless_told_otherwise(tmp_path, capsys):
     out = tmp_path / "o.csv"
-    assert main(["outages", "--config", str(SPOT_CONFIG), "--seed", "7", "--step", "60", "--out", str(out)]) == 0
+    assert main(["spot", "--seed", "7", "--step", "60", "--out", str(out)]) == 0  # examples/sd21-spot.yaml
     tr = read_csv(out)
-    assert len(tr) == 1440 and tr.available
-    with pytest.raises(SystemExit):
-        main(["flapping", "--out", str(out)])
-    assert "needs --config" in capsys.readouterr().err
+    assert len(tr) == 1440 and set(tr.available) <= {"sd21-g5-triton", "sd21-g6-triton", "sd21-g5-cuda"}
+    assert main(["outages", "--config", str(tmp_path / "missing.yaml"), "--out", str(out)]) == 2
+    assert "outages draws capacity events for the units of --config" in capsys.readouterr().err
