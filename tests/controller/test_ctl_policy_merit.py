@@ -1,5 +1,6 @@
 """The merit-order strategy of the switching policy, as a specification. Pure: times are explicit."""
 
+import math
 import random
 
 import pytest
@@ -245,3 +246,14 @@ def test_a_spot_interruption_notice_moves_traffic_and_starts_replacements_before
     assert added >= 5 * 90 * 0.7  # the interrupted replicas' load at the target utilisation
     # (g5-triton's floor of 8 is held for prewarm.hold_s like any floor: pods it cannot schedule are
     # not paid, and they are the probe that finds the spot capacity when it returns.)
+
+
+def test_a_cost_unit_whose_plan_outruns_its_traffic_is_pre_warmed_to_its_plan():
+    # inf2 has 2 ready replicas and can grow; the plan wants ~7 of them for 600 req/s. The router
+    # gives it only what 2 replicas carry, so its autoscaler alone would add a replica per start-up.
+    d = decide(CFG, initial_state(CFG, 0), signals(0, 600.0, inf2_ready=2, desired=2), 0)
+    assert d.state.mode == COST
+    assert d.prewarm[INF2] == math.ceil(d.planned_rps[INF2] / (TPUT[INF2] * 0.7) - 1e-9) >= 6
+    # with its replicas ready the autoscaler sizes it again (its floor is the configured one)
+    ready = decide(CFG, initial_state(CFG, 0), signals(0, 300.0, inf2_ready=5, desired=5), 0)
+    assert ready.prewarm[INF2] == 1
