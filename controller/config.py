@@ -128,6 +128,10 @@ class Prewarm:
     min_replicas: int = 1  # floor for each capacity unit while pre-warmed
     utilization: float = 0.8  # pre-warm when demand > utilization * cost pool max capacity
     hold_s: float = 600  # keep pre-warm this long after the last trigger
+    # merit-order: while capacity-optimized (the cost pool has been short and has not yet held
+    # everything it asked for for fallback_hold_s), capacity units' floors do not come down: the
+    # spare capacity for a cost pool whose capacity comes and goes (flapping).
+    hold_until_fallback: bool = False
 
 
 @dataclass(frozen=True)
@@ -395,6 +399,7 @@ def _parse_prewarm(raw: Any) -> Prewarm:
         min_replicas=_int(data.get("min_replicas", 1), f"{path}.min_replicas", ge=1),
         utilization=_number(data.get("utilization", 0.8), f"{path}.utilization", gt=0, le=1),
         hold_s=_number(data.get("hold_s", 600), f"{path}.hold_s", ge=0),
+        hold_until_fallback=_bool(data.get("hold_until_fallback", False), f"{path}.hold_until_fallback"),
     )
 
 

@@ -551,6 +551,8 @@ def _decide_merit_order(
                                      routing.max_utilisation).items():
             want[name] += n
         for u in config.units:
+            if mode == CAPACITY and config.prewarm.hold_until_fallback and u.pool != "cost":
+                want[u.name] = max(want[u.name], state.floors.get(u.name, (u.min_replicas, 0.0))[0])
             floors[u.name] = _hold_floor(state, u.name, u.min_replicas, want[u.name], now, config.prewarm.hold_s)
             prewarm[u.name] = floors[u.name][0]
 

@@ -257,3 +257,23 @@ def test_a_cost_unit_whose_plan_outruns_its_traffic_is_pre_warmed_to_its_plan():
     # with its replicas ready the autoscaler sizes it again (its floor is the configured one)
     ready = decide(CFG, initial_state(CFG, 0), signals(0, 300.0, inf2_ready=5, desired=5), 0)
     assert ready.prewarm[INF2] == 1
+
+
+def test_with_hold_until_fallback_capacity_floors_stay_up_until_the_cost_pool_has_held_for_the_hold():
+    cfg = make_config(prewarm={"enabled": True, "hold_s": HOLD, "hold_until_fallback": True})
+
+    def world(t):
+        if t < 600:
+            return outage(t)
+        if t < 1200:
+            return signals(t, 600.0, inf2_ready=4, desired=8, pending_replicas=4)
+        return signals(t, 600.0, inf2_ready=8, desired=8)
+
+    decisions = dict(run(cfg, world, end=3600 + HOLD))
+    fallback = next(t for t, d in sorted(decisions.items()) if t > 0 and d.state.mode == COST)
+    assert fallback == 1200 + 900
+    assert min(decisions[t].prewarm[TRN1] for t in decisions if 570 <= t < fallback) >= 2  # spare until fallback
+    assert decisions[fallback + HOLD].prewarm[TRN1] == 1  # then the ordinary hold
+    # without the option (the default) trn1's floor comes down after the hold, before the fallback
+    default = dict(run(CFG, world, end=3600))
+    assert default[600 + HOLD].prewarm[TRN1] == 1
