@@ -172,3 +172,49 @@ def allocate(
         unmet_rps=unmet,
         weights=weights,
     )
+
+
+def urgent_bridge(
+    units: Sequence[Unit],
+    demand_rps: float,
+    lasting_ready: Mapping[str, int],
+    obtainable: Mapping[str, float],
+    replicas: Mapping[str, int],
+    drop_cost_usd: float,
+    hold_s: float = 0.0,
+    target_utilisation: float = 0.7,
+    max_utilisation: float = 0.9,
+) -> dict[str, int]:
+    """Bridge replicas for *urgent* overflow, chosen by the cost of a drop.
+
+    Demand beyond what every lasting ready replica carries at ``max_utilisation`` is dropped until
+    the plan's new replicas (``replicas``) are ready, i.e. for the longest start-up among the units
+    that start some. A unit that starts faster serves that overflow for the difference. One more
+    replica on it (fastest first, then the cheapest) is worth it when the requests it saves in that
+    window, at ``drop_cost_usd`` each, cost more than the replica does from its start until the
+    plan's replicas are ready plus the floor hold (``hold_s``) that keeps it afterwards. Returns
+    replicas to add to ``replicas``; empty when nothing is urgent or ``drop_cost_usd`` is 0.
+    """
+    if drop_cost_usd <= 0:
+        return {}
+    carry = sum(max(0, int(lasting_ready.get(u.name, 0))) * u.max_throughput * max_utilisation for u in units)
+    urgent = demand_rps - carry
+    extra: dict[str, int] = {}
+    if urgent <= 1e-9:
+        return extra
+    starting = [u.startup_s for u in units if replicas[u.name] > lasting_ready.get(u.name, 0)]
+    relief_s = max(starting) if starting else max(u.startup_s for u in units)
+    for u in sorted(units, key=lambda u: (u.startup_s, cost_per_inference(u), u.name)):
+        window = relief_s - u.startup_s
+        room = math.floor(min(float(obtainable.get(u.name, 0.0)), float(u.max_replicas)) + 1e-9) - replicas[u.name]
+        if window <= 0 or room <= 0:
+            continue
+        paid_h = (u.startup_s + window + hold_s) / 3600.0
+        while room > 0 and urgent > 1e-9:
+            saved = min(urgent, u.max_throughput * max_utilisation) * window * drop_cost_usd
+            if saved <= u.price_per_hour * paid_h:
+                break
+            extra[u.name] = extra.get(u.name, 0) + 1
+            urgent -= u.max_throughput * max_utilisation
+            room -= 1
+    return extra

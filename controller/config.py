@@ -43,6 +43,9 @@ class Unit:
     min_replicas: int = 0
     startup_s: float = 300.0  # time from scale-up to a ready replica (pre-warm, simulator)
     nodepool: str | None = None  # Karpenter NodePool feeding this unit
+    # Karpenter capacity type the unit's nodes run on (karpenter.sh/capacity-type). "spot": priced
+    # at spot in price_per_hour, interrupted with a 2-minute notice (docs/simulation.md, spot).
+    capacity_type: Literal["on-demand", "spot"] = "on-demand"
     service_name: str | None = None  # ALB target group service; defaults to ``name``
     service_port: int = 80  # ALB target group port
 
@@ -95,6 +98,11 @@ class Routing:
     # Leave the router alone unless a weight would move by at least this many points (or a unit
     # is overloaded or not ready): every InferenceGraph edit rolls out a new router revision.
     min_weight_change: int = 5
+    # The cost of a dropped request (USD), the trade-off between paying for replicas and dropping:
+    # merit-order starts bridge replicas on the fastest-starting units for demand that no ready
+    # replica carries only where the requests they save are worth more than they cost
+    # (allocation.urgent_bridge). 0: never (the autoscaler and the plan alone).
+    drop_cost_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,10 @@ class Prewarm:
     min_replicas: int = 1  # floor for each capacity unit while pre-warmed
     utilization: float = 0.8  # pre-warm when demand > utilization * cost pool max capacity
     hold_s: float = 600  # keep pre-warm this long after the last trigger
+    # merit-order: while capacity-optimized (the cost pool has been short and has not yet held
+    # everything it asked for for fallback_hold_s), capacity units' floors do not come down: the
+    # spare capacity for a cost pool whose capacity comes and goes (flapping).
+    hold_until_fallback: bool = False
 
 
 @dataclass(frozen=True)
@@ -275,6 +287,9 @@ def _parse_unit(raw: Any, path: str, default_ns: str) -> Unit:
     nodepool = data.get("nodepool")
     if nodepool is not None:
         nodepool = _str(nodepool, f"{path}.nodepool", dns=True)
+    capacity_type = data.get("capacity_type", "on-demand")
+    if capacity_type not in ("on-demand", "spot"):
+        raise _err(f"{path}.capacity_type", f"must be on-demand or spot, got {capacity_type!r}")
     service_name = data.get("service_name")
     if service_name is not None:
         service_name = _str(service_name, f"{path}.service_name", dns=True)
@@ -291,6 +306,7 @@ def _parse_unit(raw: Any, path: str, default_ns: str) -> Unit:
         min_replicas=min_r,
         startup_s=startup,
         nodepool=nodepool,
+        capacity_type=capacity_type,
         service_name=service_name,
         service_port=port,
     )
@@ -383,6 +399,7 @@ def _parse_prewarm(raw: Any) -> Prewarm:
         min_replicas=_int(data.get("min_replicas", 1), f"{path}.min_replicas", ge=1),
         utilization=_number(data.get("utilization", 0.8), f"{path}.utilization", gt=0, le=1),
         hold_s=_number(data.get("hold_s", 600), f"{path}.hold_s", ge=0),
+        hold_until_fallback=_bool(data.get("hold_until_fallback", False), f"{path}.hold_until_fallback"),
     )
 
 
@@ -399,7 +416,9 @@ def _parse_routing(raw: Any, measured_demand: bool) -> Routing:
     if highest < target:
         raise _err(f"{path}.max_utilisation", f"must be >= target_utilisation ({target:g})")
     step = _int(data.get("min_weight_change", Routing.min_weight_change), f"{path}.min_weight_change", ge=1, le=100)
-    return Routing(strategy=strategy, target_utilisation=target, max_utilisation=highest, min_weight_change=step)
+    drop_cost = _number(data.get("drop_cost_usd", Routing.drop_cost_usd), f"{path}.drop_cost_usd", ge=0)
+    return Routing(strategy=strategy, target_utilisation=target, max_utilisation=highest, min_weight_change=step,
+                   drop_cost_usd=drop_cost)
 
 
 def _parse_lease(raw: Any, default_ns: str) -> Lease:

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from controller.allocation import allocate
+from controller.allocation import allocate, urgent_bridge
 from controller.config import ControllerConfig, Timing
 from controller.weights import (
     capacity_optimized_weights,
@@ -50,6 +50,9 @@ class UnitSignals:
     pending_replicas: int = 0  # pods not yet running (scheduling, pulling, starting)
     unschedulable_replicas: int = 0  # pending because unschedulable for longer than the grace period
     capacity_errors: int = 0  # InsufficientCapacityError events / failed NodeClaims in the window
+    # Pods on nodes that got a spot interruption notice (Karpenter's SpotInterrupted events): they
+    # are gone within 2 minutes, so they count as neither ready nor obtainable, and the unit is short.
+    interrupting_replicas: int = 0
 
 
 @dataclass(frozen=True)
@@ -246,7 +249,12 @@ def estimate_demand(config: ControllerConfig, state: PolicyState, signals: Signa
 
 
 def _unit_short(s: UnitSignals) -> bool:
-    return s.unschedulable_replicas > 0 or s.capacity_errors > 0
+    return s.unschedulable_replicas > 0 or s.capacity_errors > 0 or s.interrupting_replicas > 0
+
+
+def _lasting_ready(s: UnitSignals) -> int:
+    """Ready replicas that will still be there in two minutes (not on an interrupted node)."""
+    return max(0, s.ready_replicas - s.interrupting_replicas)
 
 
 def observe(config: ControllerConfig, state: PolicyState, signals: Signals) -> PoolView:
@@ -470,6 +478,7 @@ def _decide_merit_order(
     # Pods that cannot schedule, or capacity errors while the cost pool wants more than it runs.
     blocked = any(
         us[u.name].unschedulable_replicas > 0
+        or us[u.name].interrupting_replicas > 0
         or (us[u.name].capacity_errors > 0 and us[u.name].desired_replicas > us[u.name].ready_replicas)
         for u in cost_units
     )
@@ -496,6 +505,8 @@ def _decide_merit_order(
             why = "capacity-optimized: cost pool " + ("short of capacity" if short else "starting the replicas it asked for")
     since = now if switched else state.since
 
+    # Interrupted replicas still serve until their node goes (the router may use them), but the
+    # plan counts only the lasting ones: their replacements start at the notice.
     ready = {u.name: us[u.name].ready_replicas for u in config.units}
     growable = {u.name: float(u.max_replicas) for u in config.units}
     obtainable = dict(growable)
@@ -504,9 +515,9 @@ def _decide_merit_order(
         if (mode == CAPACITY and u.pool == "cost") or _unit_short(s):
             # What it runs (Pending pods may never schedule); a cost unit that is not short any
             # more is credited with everything it asked for.
-            running = s.desired_replicas - s.pending_replicas
+            running = s.desired_replicas - s.pending_replicas - s.interrupting_replicas
             have = running if _unit_short(s) else s.desired_replicas - s.unschedulable_replicas
-            obtainable[u.name] = float(min(u.max_replicas, max(s.ready_replicas, have)))
+            obtainable[u.name] = float(min(u.max_replicas, max(_lasting_ready(s), have)))
     plan = allocate(config.units, demand, ready, obtainable, routing.target_utilisation, routing.max_utilisation)
     why += (
         f": demand {_fmt(demand)} {config.rate_unit}"
@@ -530,10 +541,18 @@ def _decide_merit_order(
                              routing.target_utilisation, routing.max_utilisation)
             for u in cost_units:
                 want[u.name] = max(want[u.name], probe.replicas[u.name])
-        else:  # the autoscaler sizes a cost pool that can grow
+        else:  # the autoscaler sizes a cost pool that can grow, unless it must grow faster than its traffic
             for u in cost_units:
-                want[u.name] = u.min_replicas
+                urgent = plan.planned_rps[u.name] > plan.routed_rps[u.name] + 0.5 * u.max_throughput
+                want[u.name] = plan.replicas[u.name] if urgent else u.min_replicas
+        lasting = {u.name: _lasting_ready(us[u.name]) for u in config.units}
+        for name, n in urgent_bridge(config.units, demand, lasting, obtainable, plan.replicas, routing.drop_cost_usd,
+                                     config.prewarm.hold_s, routing.target_utilisation,
+                                     routing.max_utilisation).items():
+            want[name] += n
         for u in config.units:
+            if mode == CAPACITY and config.prewarm.hold_until_fallback and u.pool != "cost":
+                want[u.name] = max(want[u.name], state.floors.get(u.name, (u.min_replicas, 0.0))[0])
             floors[u.name] = _hold_floor(state, u.name, u.min_replicas, want[u.name], now, config.prewarm.hold_s)
             prewarm[u.name] = floors[u.name][0]
 

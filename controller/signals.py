@@ -18,7 +18,13 @@ small protocols so others (CloudWatch through boto3, a recorded trace) can be ad
   ``timing.capacity_error_window_s`` (listed in ``default``, where events about cluster-scoped
   NodeClaims/NodePools are recorded, and in the units' namespaces) attributed to the unit's
   NodePool (NodeClaims are named ``<nodepool>-<suffix>`` and labelled ``karpenter.sh/nodepool``)
-  or to the unit's own pods, plus the NodePool's NodeClaims whose ``Launched`` condition is False.
+  or to the unit's own pods, plus the NodePool's NodeClaims whose ``Launched`` condition is False;
+* interrupting replicas -- live pods with a Warning event ``SpotInterrupted`` in the window. On an
+  EC2 spot interruption warning (2 minutes ahead), Karpenter's interruption controller records
+  that event on the NodeClaim, the Node and every pod on the node, then deletes the NodeClaim
+  (taint ``karpenter.sh/disrupted:NoSchedule``, drain): ``SpotInterrupted(pods, node, nodeClaim)``
+  in aws/karpenter-provider-aws pkg/controllers/interruption/events. The simulator raises the same
+  signal ``spot_notice_s`` before a spot unit loses capacity.
 
 Demand comes from the configured :class:`DemandSource` (Prometheus); when there is none, or it
 fails, ``demand_rps`` is None and the policy estimates demand from the desired replicas. A query
@@ -59,6 +65,7 @@ log = logging.getLogger(__name__)
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
 NODEPOOL_LABEL = "karpenter.sh/nodepool"
 ICE_REASON = "InsufficientCapacityError"
+SPOT_INTERRUPTED_REASON = "SpotInterrupted"  # Karpenter interruption controller, per pod on the node
 EVENTS_NAMESPACE = "default"  # where Kubernetes records events about cluster-scoped objects
 
 
@@ -266,7 +273,8 @@ class KubernetesSignals:
         log.warning("%s failed, deciding without it: %s", what, describe(exc))
         self.on_error("kubernetes", exc)
 
-    def _unit(self, u: Unit, now: float, per_pool: dict[str, int], per_pod: dict[str, int]) -> UnitSignals | None:
+    def _unit(self, u: Unit, now: float, per_pool: dict[str, int], per_pod: dict[str, int],
+              interrupted: frozenset[str] = frozenset()) -> UnitSignals | None:
         """One unit's signals from whatever can be read; None when its ready replicas cannot be."""
         pods: list[dict] | None
         try:
@@ -298,13 +306,30 @@ class KubernetesSignals:
             desired = live
         errors = per_pool.get(u.nodepool, 0) if u.nodepool else 0
         errors += sum(per_pod.get(f"{u.namespace}/{p['metadata']['name']}", 0) for p in pods or [])
+        noticed = sum(1 for p in pods or [] if f"{u.namespace}/{p['metadata']['name']}" in interrupted
+                      and not (p.get("metadata") or {}).get("deletionTimestamp")
+                      and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
         return UnitSignals(
             ready_replicas=ready,
             desired_replicas=desired,
             pending_replicas=pending,
             unschedulable_replicas=unschedulable,
             capacity_errors=errors,
+            interrupting_replicas=noticed,
         )
+
+    def _spot_interrupted(self, now: float) -> frozenset[str]:
+        """``namespace/name`` of pods with a SpotInterrupted Warning event in the window."""
+        window = self.config.timing.capacity_error_window_s
+        out: set[str] = set()
+        for ns in sorted({u.namespace for u in self.config.units}):
+            for ev in self.kube.list_events(ns, f"reason={SPOT_INTERRUPTED_REASON},type=Warning"):
+                t = event_time(ev)
+                obj = ev.get("involvedObject") or {}
+                if t is None or now - t > window or obj.get("kind") != "Pod":
+                    continue
+                out.add(f"{obj.get('namespace') or ns}/{obj.get('name') or ''}")
+        return frozenset(out)
 
     def _capacity_errors(self, now: float) -> tuple[dict[str, int], dict[str, int]]:
         """(errors per NodePool, errors per pod name) in the window."""
@@ -353,9 +378,14 @@ class KubernetesSignals:
         except Exception as exc:
             self._degrade("capacity errors (events, NodeClaims)", exc)
             per_pool, per_pod = {}, {}
+        try:
+            interrupted = self._spot_interrupted(now)
+        except Exception as exc:
+            self._degrade("spot interruption events", exc)
+            interrupted = frozenset()
         units: dict[str, UnitSignals] = {}
         for u in self.config.units:
-            unit = self._unit(u, now, per_pool, per_pod)
+            unit = self._unit(u, now, per_pool, per_pod, interrupted)
             if unit is not None:
                 units[u.name] = unit
         if not units:

@@ -21,7 +21,7 @@ from controller.config import ConfigError, load_config
 from controller.plan import WeightsSpecError, parse_weights
 from controller.simulator.model import ClusterSettings, KpaSettings, SloSettings
 from controller.simulator.runner import POLICIES, SimSettings, run_all, summarise
-from controller.traces import TraceError, read_csv
+from controller.traces import FAMILIES, TraceError, read_csv
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +30,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Replay routing policies on a trace and compare cost, drops, SLO and switches.",
     )
     p.add_argument("--config", required=True, help="controller config (the one `controller run` uses)")
-    p.add_argument("--trace", required=True, help="CSV: time_s,demand[,available.<unit>...] (see controller.traces)")
+    p.add_argument("--trace", help="CSV: time_s,demand[,available.<unit>...] (see controller.traces)")
+    p.add_argument("--sweep", choices=sorted(FAMILIES),
+                   help="instead of --trace: replay the controller and the oracles on --seeds traces of this family")
+    p.add_argument("--seeds", type=int, default=20, help="sweep: seeds 0..N-1 (default 20)")
+    p.add_argument("--step", type=float, default=30.0, help="sweep: seconds per step (default 30)")
     p.add_argument("--out", required=True, help="directory for summary.json and the PNG plots")
     p.add_argument("--policies", default=",".join(POLICIES),
                    help=f"comma-separated subset of {','.join(POLICIES)} (default: all)")
@@ -90,6 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    if args.sweep:
+        return _sweep(args, config)
+    if not args.trace:
+        print("error: give --trace FILE or --sweep FAMILY", file=sys.stderr)
+        return 2
     try:
         trace = read_csv(args.trace, units=[u.name for u in config.units])
     except TraceError as exc:
@@ -142,6 +151,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(summary))
     print(f"\n{len(trace)} steps x {len(policies)} policies in {elapsed:.2f} s; wrote {out / 'summary.json'}"
           + ("" if args.no_plots else " and plots"))
+    return 0
+
+
+def _sweep(args: argparse.Namespace, config) -> int:
+    from controller.simulator.sweep import format_sweep, plot_sweep, run_sweep
+
+    if args.seeds < 1 or args.step <= 0:
+        print("error: --seeds must be >= 1 and --step > 0", file=sys.stderr)
+        return 2
+    if args.sweep == "spot" and not any(u.capacity_type == "spot" for u in config.units):
+        print(f"error: --sweep spot needs units with capacity_type: spot in {args.config} "
+              "(e.g. examples/sd21-spot.yaml)", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    result = run_sweep(config, args.sweep, range(args.seeds), args.step)
+    result["elapsed_s"] = round(time.perf_counter() - t0, 2)
+    result["config"] = str(args.config)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"sweep-{args.sweep}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if not args.no_plots:
+        plot_sweep(result, out)
+    print(format_sweep(result))
+    print(f"\n{args.seeds} traces in {result['elapsed_s']:.1f} s; wrote {out / f'sweep-{args.sweep}.json'}"
+          + ("" if args.no_plots else " and a plot"))
     return 0
 
 

@@ -281,6 +281,137 @@ def outage(
     return Trace(t, tr.demand, {u: col.copy() for u in units})
 
 
+# ------------------------------------------------------------------------------------ trace families
+#
+# Families of traces for sweeps (docs/simulation.md, "Sweeps"): each draws one trace per seed,
+# deterministically, for the units of a config (anything with .name, .max_replicas and
+# .capacity_type). The policy is judged on the distribution over seeds, with one config.
+
+SPOT_NOTICE_S = 120.0  # EC2 spot interruption notice; the capacity is gone after it
+
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def _cap_window(col: np.ndarray, t: np.ndarray, start_s: float, end_s: float, cap: float) -> None:
+    inside = (t >= start_s) & (t < end_s)
+    col[inside] = np.where(np.isnan(col[inside]), cap, np.minimum(col[inside], cap))
+
+
+def _outage_cap(rng: np.random.Generator, max_replicas: int) -> float:
+    """Total (0) or partial (1 .. half the unit's maximum) with equal odds."""
+    if rng.uniform() < 0.5:
+        return 0.0
+    return float(rng.integers(1, max(1, max_replicas // 2) + 1))
+
+
+def family_outages(units: Sequence, seed: int, hours: float = 24.0, step_s: float = 10.0) -> Trace:
+    """The diurnal day; one unit (any, drawn) loses capacity at any hour for 10 min - 6 h,
+    totally or partly; with odds 0.4 a second unit's outage overlaps the first."""
+    rng = np.random.default_rng([17, 1, seed])
+    base = diurnal(hours, step_s, 150.0, 800.0, noise=0.04, seed=seed)
+    t = base.time_s
+    span = float(t[-1] + step_s)
+    cols = {u.name: np.full(t.size, np.nan) for u in units}
+    first = int(rng.integers(len(units)))
+    start = rng.uniform(0.0, span - 600.0)
+    length = _log_uniform(rng, 600.0, 6 * 3600.0)
+    _cap_window(cols[units[first].name], t, start, start + length, _outage_cap(rng, units[first].max_replicas))
+    if len(units) > 1 and rng.uniform() < 0.4:
+        second = int((first + rng.integers(1, len(units))) % len(units))
+        start2 = rng.uniform(start, start + length)
+        length2 = _log_uniform(rng, 600.0, 6 * 3600.0)
+        _cap_window(cols[units[second].name], t, start2, start2 + length2,
+                    _outage_cap(rng, units[second].max_replicas))
+    return Trace(t, base.demand, {n: c for n, c in cols.items() if not np.all(np.isnan(c))})
+
+
+def family_flapping(units: Sequence, seed: int, hours: float = 24.0, step_s: float = 10.0) -> Trace:
+    """The diurnal day; for 2-8 h one unit's capacity flaps between none-or-little and full,
+    each phase 5-30 min."""
+    rng = np.random.default_rng([17, 2, seed])
+    base = diurnal(hours, step_s, 150.0, 800.0, noise=0.04, seed=seed)
+    t = base.time_s
+    span = float(t[-1] + step_s)
+    u = units[int(rng.integers(len(units)))]
+    col = np.full(t.size, np.nan)
+    at = rng.uniform(0.0, max(0.0, span - 2 * 3600.0))
+    end = min(span, at + rng.uniform(2 * 3600.0, 8 * 3600.0))
+    low = True
+    while at < end:
+        length = rng.uniform(300.0, 1800.0)
+        if low:
+            _cap_window(col, t, at, min(end, at + length), float(rng.integers(0, max(1, u.max_replicas // 3) + 1)))
+        at += length
+        low = not low
+    return Trace(t, base.demand, {u.name: col})
+
+
+def family_bursts(units: Sequence, seed: int, hours: float = 48.0, step_s: float = 10.0) -> Trace:
+    """A noisy two-day diurnal curve (150 -> 600 req/s, 8 % slow noise) with 6-10 bursts a day of
+    2-5x the load, each lasting 1-30 min (30-s rise, 60-s decay)."""
+    rng = np.random.default_rng([17, 3, seed])
+    base = diurnal(hours, step_s, 150.0, 600.0, noise=0.08, seed=seed)
+    t = base.time_s
+    span = float(t[-1] + step_s)
+    mult = np.ones_like(t)
+    for _ in range(int(rng.integers(6, 11) * max(1.0, hours / 24.0))):
+        start = rng.uniform(0.0, span - 60.0)
+        length = rng.uniform(60.0, 1800.0)
+        f = rng.uniform(2.0, 5.0) - 1.0
+        rise = np.clip((t - start) / 30.0, 0.0, 1.0)
+        decay = np.exp(-np.maximum(t - start - length, 0.0) / 60.0)
+        mult = np.maximum(mult, 1.0 + f * rise * decay * (t >= start))  # overlapping bursts: the larger
+    return Trace(t, np.round(base.demand * mult, 3), {})
+
+
+def spot_interruptions(trace: Trace) -> dict[str, np.ndarray]:
+    """Per unit: times (s) at which a spot interruption notice arrives, i.e. ``SPOT_NOTICE_S``
+    before each drop of ``available``. Used by the simulator to raise the notice signal."""
+    out: dict[str, np.ndarray] = {}
+    for name, col in trace.available.items():
+        a = np.where(np.isnan(col), np.inf, col)
+        drops = np.nonzero(a[1:] < a[:-1])[0] + 1
+        out[name] = trace.time_s[drops] - SPOT_NOTICE_S
+    return out
+
+
+def family_spot(units: Sequence, seed: int, hours: float = 24.0, step_s: float = 10.0) -> Trace:
+    """The diurnal day; the units on spot capacity (``capacity_type: spot``) are interrupted 3-8
+    times a day: after a 2-minute notice the unit keeps at most a few replicas (0-2) for 10-60 min
+    while the spot pool is reclaimed. Without spot units the trace has no capacity events."""
+    rng = np.random.default_rng([17, 4, seed])
+    base = diurnal(hours, step_s, 150.0, 800.0, noise=0.04, seed=seed)
+    t = base.time_s
+    span = float(t[-1] + step_s)
+    spot = [u for u in units if getattr(u, "capacity_type", "on-demand") == "spot"]
+    cols = {u.name: np.full(t.size, np.nan) for u in spot}
+    if spot:
+        for _ in range(int(rng.integers(3, 9) * max(1.0, hours / 24.0))):
+            u = spot[int(rng.integers(len(spot)))]
+            start = rng.uniform(SPOT_NOTICE_S, span - 600.0)
+            _cap_window(cols[u.name], t, start, start + rng.uniform(600.0, 3600.0), float(rng.integers(0, 3)))
+    return Trace(t, base.demand, {n: c for n, c in cols.items() if not np.all(np.isnan(c))})
+
+
+FAMILIES = {"outages": family_outages, "flapping": family_flapping, "bursts": family_bursts, "spot": family_spot}
+_EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# --config of `python -m controller.traces FAMILY` when none is given (the repository's examples)
+DEFAULT_FAMILY_CONFIG = {"outages": _EXAMPLES / "sd21-seed.yaml", "flapping": _EXAMPLES / "sd21-seed.yaml",
+                         "bursts": _EXAMPLES / "sd21-seed.yaml", "spot": _EXAMPLES / "sd21-spot.yaml"}
+FAMILY_HOURS = {"outages": 24.0, "flapping": 24.0, "bursts": 48.0, "spot": 24.0}
+
+
+def family_trace(family: str, units: Sequence, seed: int, step_s: float = 10.0, hours: float | None = None) -> Trace:
+    """One trace of ``family`` (see :data:`FAMILIES`) for ``units``."""
+    if family not in FAMILIES:
+        raise TraceError(f"unknown trace family {family!r} (known: {', '.join(FAMILIES)})")
+    if not units:
+        raise TraceError("a trace family needs the config's units")
+    return FAMILIES[family](list(units), seed, hours or FAMILY_HOURS[family], step_s)
+
+
 # --------------------------------------------------------------------------------------------- CLI
 
 
@@ -296,9 +427,12 @@ def _cost_pool_units(config_path: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m controller.traces", description="Generate a simulator trace CSV.")
-    p.add_argument("kind", choices=["diurnal", "burst", "outage"])
+    p.add_argument("kind", choices=["diurnal", "burst", "outage", *FAMILIES],
+                   help="a single trace (diurnal, burst, outage) or a family drawn per --seed "
+                        f"({', '.join(FAMILIES)}; for the units of --config, default examples/sd21-seed.yaml, "
+                        "spot: examples/sd21-spot.yaml)")
     p.add_argument("--out", required=True, help="CSV file to write")
-    p.add_argument("--hours", type=float, default=24.0)
+    p.add_argument("--hours", type=float, default=24.0, help="length (default 24; families: their own)")
     p.add_argument("--step", type=float, default=10.0, help="seconds between rows (default 10)")
     p.add_argument("--base", type=float, default=150.0, help="demand at the daily trough, requests/s")
     p.add_argument("--peak", type=float, default=None,
@@ -317,7 +451,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--replicas", type=int, default=4, help="replicas each unit can get during the outage")
     a = p.parse_args(argv)
     try:
-        if a.kind == "diurnal":
+        if a.kind in FAMILIES:
+            from controller.config import ConfigError, load_config
+
+            config = a.config or str(DEFAULT_FAMILY_CONFIG[a.kind])
+            try:
+                units = load_config(config).units
+            except ConfigError as exc:
+                print(f"error: {a.kind} draws capacity events for the units of --config: {exc}", file=sys.stderr)
+                return 2
+            tr = family_trace(a.kind, units, a.seed, a.step,
+                              a.hours if "--hours" in (argv or sys.argv) else None)
+        elif a.kind == "diurnal":
             tr = diurnal(a.hours, a.step, a.base, a.peak or 800.0, a.trough_h, noise=a.noise, seed=a.seed)
         elif a.kind == "burst":
             tr = burst(a.hours, a.step, a.base, a.peak or 600.0, a.bursts, a.factor, noise=a.noise, seed=a.seed,

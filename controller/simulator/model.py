@@ -52,11 +52,13 @@ class SimUnit:
     min_replicas: int = 0
     startup_s: float = 300.0
     nodepool: str | None = None  # capacity errors are reported per NodePool
+    capacity_type: str = "on-demand"  # "spot": capacity losses come with an interruption notice
 
     @classmethod
     def from_unit(cls, u) -> SimUnit:
         return cls(u.name, u.pool, float(u.price_per_hour), float(u.max_throughput), float(u.latency_s),
-                   int(u.max_replicas), int(u.min_replicas), float(u.startup_s), getattr(u, "nodepool", None))
+                   int(u.max_replicas), int(u.min_replicas), float(u.startup_s), getattr(u, "nodepool", None),
+                   getattr(u, "capacity_type", "on-demand"))
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class ClusterSettings:
     capacity_error_window_s: float = 600.0  # InsufficientCapacity events are counted over this window
     ice_retry_s: float = 60.0  # Karpenter retries a blocked launch (one event each try)
     demand_window_s: float = 120.0  # measured demand = mean over this window (rate(...[2m]))
+    spot_notice_s: float = 120.0  # a spot unit's pods about to be lost are announced this long before (0: never)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class UnitObservation:
     pending: int  # pods in phase Pending: blocked, or scheduled less than pending_s ago
     unschedulable: int  # blocked for longer than the grace period
     capacity_errors: int  # InsufficientCapacity events within the window
+    interrupting: int = 0  # spot units: pods with an interruption notice (lost within spot_notice_s)
 
 
 @dataclass(frozen=True)
@@ -325,7 +329,9 @@ class _UnitState:
             want = max(want, 1)
         self.desired = min(want, self.u.max_replicas)
 
-    def observe(self, t: float, cluster: ClusterSettings) -> UnitObservation:
+    def observe(self, t: float, cluster: ClusterSettings, avail_ahead: int | None = None) -> UnitObservation:
+        """The unit's signals; ``avail_ahead`` (spot units) is the least capacity the cloud leaves it
+        within the notice: pods above it have got their interruption notice (newest first)."""
         while self.ice_events and self.ice_events[0] <= t - cluster.capacity_error_window_s:
             self.ice_events.popleft()
         grace = cluster.pending_grace_s
@@ -339,7 +345,33 @@ class _UnitState:
             pending=len(self.blocked) + pending,
             unschedulable=unsched,
             capacity_errors=len(self.ice_events),
+            interrupting=max(0, self.scheduled - avail_ahead) if avail_ahead is not None else 0,
         )
+
+
+def window_extreme(t: np.ndarray, values: np.ndarray, span_s: float, forward: bool, use_max: bool) -> np.ndarray:
+    """Max (or min) of ``values`` over ``[t_k, t_k + span]`` (forward) or ``[t_k - span, t_k]``."""
+    n = t.size
+    out = np.empty(n)
+    q: deque[int] = deque()
+    better = (lambda a, b: a >= b) if use_max else (lambda a, b: a <= b)
+    if forward:
+        for k in range(n - 1, -1, -1):
+            while q and better(values[k], values[q[-1]]):
+                q.pop()
+            q.append(k)
+            while q and t[q[0]] > t[k] + span_s + 1e-9:
+                q.popleft()
+            out[k] = values[q[0]]
+    else:
+        for k in range(n):
+            while q and better(values[k], values[q[-1]]):
+                q.pop()
+            q.append(k)
+            while q and t[q[0]] < t[k] - span_s - 1e-9:
+                q.popleft()
+            out[k] = values[q[0]]
+    return out
 
 
 def _normalise(weights: Mapping[str, float], names: Sequence[str]) -> np.ndarray:
@@ -385,6 +417,9 @@ def simulate_policy(
     switches = 0
 
     states = [_UnitState(u, kpa, cluster.ice_retry_s) for u in units]
+    # Spot units: the least capacity within the notice ahead (EC2 warns 2 minutes before it reclaims).
+    ahead = {i: window_extreme(t_arr, avail[:, i].astype(float), cluster.spot_notice_s, forward=True, use_max=False)
+             for i, u in enumerate(units) if u.capacity_type == "spot" and cluster.spot_notice_s > 0}
     pools = [u.nodepool for u in units if u.nodepool]
     shared_pools = len(pools) != len(set(pools))
     w = _normalise(policy.initial_weights(), names)
@@ -401,7 +436,8 @@ def simulate_policy(
         t, dt, d = float(t_arr[k]), float(dt_arr[k]), float(dem[k])
         # 1. policy
         if t >= next_decision - 1e-9:
-            seen = {nm: s.observe(t, cluster) for nm, s in zip(names, states, strict=True)}
+            seen = {nm: s.observe(t, cluster, int(ahead[i][k]) if i in ahead else None)
+                    for i, (nm, s) in enumerate(zip(names, states, strict=True))}
             if shared_pools:
                 seen = _pool_errors(seen, units)
             obs = Observation(now=t, demand_rps=(dsum / ddt) if ddt > 0 else d, units=seen)

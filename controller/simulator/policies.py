@@ -78,6 +78,7 @@ def signals_from(obs: Observation, demand_measured: bool) -> core_policy.Signals
                 pending_replicas=o.pending,
                 unschedulable_replicas=o.unschedulable,
                 capacity_errors=o.capacity_errors,
+                interrupting_replicas=o.interrupting,
             )
             for name, o in obs.units.items()
         },

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.allocation import FLOOR_SHARE_OF_TARGET, allocate
+from controller.allocation import FLOOR_SHARE_OF_TARGET, allocate, urgent_bridge
 from controller.config import load_config
 
 CFG = load_config(Path(__file__).resolve().parents[2] / "examples" / "sd21-seed.yaml")
@@ -16,6 +16,7 @@ MX = {u.name: u.max_throughput for u in UNITS}
 INF2, TRN1, G5T, G6T, G5C = NAMES
 ALL_READY_ONE = {n: 1 for n in NAMES}
 GROWABLE = {u.name: float(u.max_replicas) for u in UNITS}
+UNITS_BY_NAME = {u.name: u for u in UNITS}
 
 
 def floor_rps(name, demand):
@@ -118,3 +119,31 @@ def test_random_inputs_keep_the_invariants(seed):
         assert all(a.weights[n] == 0 for n in NAMES if ready[n] == 0)
     for u in UNITS:
         assert u.min_replicas <= a.replicas[u.name] <= max(u.min_replicas, can[u.name])
+
+
+# ------------------------------------------------------------------- urgent overflow (issue 17)
+
+
+def _lost_inf2(demand=900.0):
+    """inf2 (cheapest, 600-s start-up) lost its pods; one ready replica on every other unit."""
+    ready = {**ALL_READY_ONE, INF2: 0}
+    plan = allocate(UNITS, demand, ready, GROWABLE)
+    return ready, plan
+
+
+def test_urgent_overflow_bridges_on_the_fastest_starting_unit_when_a_drop_costs_enough():
+    ready, plan = _lost_inf2()
+    assert plan.replicas[INF2] > 0  # the plan restarts inf2, ready in 600 s
+    bridge = urgent_bridge(UNITS, 900.0, ready, GROWABLE, plan.replicas, drop_cost_usd=0.001, hold_s=600)
+    assert bridge and min(UNITS_BY_NAME[n].startup_s for n in bridge) == 300  # g5-cuda starts in 300 s
+    assert set(bridge) <= {G5C, G5T, G6T}  # only units faster than inf2's 600 s
+    assert all(plan.replicas[n] + k <= UNITS_BY_NAME[n].max_replicas for n, k in bridge.items())
+
+
+def test_no_bridge_when_a_drop_is_cheap_nothing_is_urgent_or_the_trade_off_is_off():
+    ready, plan = _lost_inf2()
+    assert urgent_bridge(UNITS, 900.0, ready, GROWABLE, plan.replicas, drop_cost_usd=1e-7, hold_s=600) == {}
+    assert urgent_bridge(UNITS, 900.0, ready, GROWABLE, plan.replicas, drop_cost_usd=0.0) == {}
+    calm = {**ALL_READY_ONE, INF2: 10}
+    ok = allocate(UNITS, 500.0, calm, GROWABLE)
+    assert urgent_bridge(UNITS, 500.0, calm, GROWABLE, ok.replicas, drop_cost_usd=1.0) == {}

@@ -85,6 +85,8 @@ def test_example_config_loads_with_table1_numbers():
         (lambda d: d.update(lease={"duration_s": 5, "renew_s": 5}), "lease.renew_s: must be < duration_s"),
         (lambda d: d.update(metrics_port=70000), "metrics_port: must be <= 65535"),
         (lambda d: d.update(extra=1), "extra: unknown key"),
+        (lambda d: d["units"][1].update(capacity_type="preemptible"), "units[1].capacity_type: must be on-demand or spot"),
+        (lambda d: d.update(routing={"drop_cost_usd": -1}), "routing.drop_cost_usd: must be >= 0"),
     ],
 )
 def test_invalid_config_names_the_key(mutate, message):

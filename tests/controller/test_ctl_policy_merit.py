@@ -1,5 +1,6 @@
 """The merit-order strategy of the switching policy, as a specification. Pure: times are explicit."""
 
+import math
 import random
 
 import pytest
@@ -222,3 +223,57 @@ def test_merit_order_cannot_start_idle_units_without_prewarm():
         parse_config(data)
     assert parse_config({**data, "prewarm": {"enabled": True}}).routing.strategy == "merit-order"
     assert parse_config({**data, "routing": {"strategy": "proportional"}}).routing.strategy == "proportional"
+
+
+def test_a_spot_interruption_notice_moves_traffic_and_starts_replacements_before_the_pods_go():
+    units = [{"name": n, "pool": "cost" if n == INF2 else "capacity", "instance_type": "x",
+              "price_per_hour": 0.43 if n == G5T else PRICE[n], "max_throughput": TPUT[n], "latency_s": 0.7,
+              "max_replicas": 10, "min_replicas": 1, **({"capacity_type": "spot"} if n == G5T else {})}
+             for n in NAMES]
+    cfg = make_config(units=units)  # g5-triton on spot: the cheapest unit, it carries most of the load
+    others = {G5T: UnitSignals(ready_replicas=7, desired_replicas=7)}
+    calm = decide(cfg, initial_state(cfg, 0), signals(0, 700.0, inf2_ready=1, desired=1, others=others), 0)
+    assert calm.weights[G5T] >= 60
+    # 5 of its 7 ready replicas got the 2-minute notice.
+    noticed = {G5T: UnitSignals(ready_replicas=7, desired_replicas=7, interrupting_replicas=5)}
+    d = decide(cfg, calm.state, signals(30, 700.0, inf2_ready=1, desired=1, others=noticed), 30)
+    # The plan puts on g5-triton no more than its two lasting replicas carry at max utilisation (its
+    # interrupted replicas still serve until their node goes, so the router may still use them)...
+    assert d.planned_rps[G5T] <= 2 * 90 * 0.9
+    assert d.state.mode == COST  # a capacity unit's interruption is not a cost-pool failover
+    # ...and replicas replacing the five are started now, elsewhere (floors above the plan's old ones).
+    added = sum((d.prewarm[n] - calm.prewarm[n]) * TPUT[n] for n in NAMES if n != G5T)
+    assert added >= 5 * 90 * 0.7  # the interrupted replicas' load at the target utilisation
+    # (g5-triton's floor of 8 is held for prewarm.hold_s like any floor: pods it cannot schedule are
+    # not paid, and they are the probe that finds the spot capacity when it returns.)
+
+
+def test_a_cost_unit_whose_plan_outruns_its_traffic_is_pre_warmed_to_its_plan():
+    # inf2 has 2 ready replicas and can grow; the plan wants ~7 of them for 600 req/s. The router
+    # gives it only what 2 replicas carry, so its autoscaler alone would add a replica per start-up.
+    d = decide(CFG, initial_state(CFG, 0), signals(0, 600.0, inf2_ready=2, desired=2), 0)
+    assert d.state.mode == COST
+    assert d.prewarm[INF2] == math.ceil(d.planned_rps[INF2] / (TPUT[INF2] * 0.7) - 1e-9) >= 6
+    # with its replicas ready the autoscaler sizes it again (its floor is the configured one)
+    ready = decide(CFG, initial_state(CFG, 0), signals(0, 300.0, inf2_ready=5, desired=5), 0)
+    assert ready.prewarm[INF2] == 1
+
+
+def test_with_hold_until_fallback_capacity_floors_stay_up_until_the_cost_pool_has_held_for_the_hold():
+    cfg = make_config(prewarm={"enabled": True, "hold_s": HOLD, "hold_until_fallback": True})
+
+    def world(t):
+        if t < 600:
+            return outage(t)
+        if t < 1200:
+            return signals(t, 600.0, inf2_ready=4, desired=8, pending_replicas=4)
+        return signals(t, 600.0, inf2_ready=8, desired=8)
+
+    decisions = dict(run(cfg, world, end=3600 + HOLD))
+    fallback = next(t for t, d in sorted(decisions.items()) if t > 0 and d.state.mode == COST)
+    assert fallback == 1200 + 900
+    assert min(decisions[t].prewarm[TRN1] for t in decisions if 570 <= t < fallback) >= 2  # spare until fallback
+    assert decisions[fallback + HOLD].prewarm[TRN1] == 1  # then the ordinary hold
+    # without the option (the default) trn1's floor comes down after the hold, before the fallback
+    default = dict(run(CFG, world, end=3600))
+    assert default[600 + HOLD].prewarm[TRN1] == 1

@@ -220,3 +220,25 @@ def test_measured_requests_per_second_are_converted_to_a_per_minute_config(world
         assert r.decision.demand_rps == 300  # requests/minute, the unit of max_throughput
         assert "demand 300.0 rpm" in r.decision.reason
         assert "traffic_controller_demand_rps 5.0" in ctl.metrics.render().decode()  # exported per second
+
+
+def _spot_interrupted_event(pod_name: str, at: float) -> dict:
+    """What Karpenter's interruption controller records on each pod of an interrupted spot node
+    (aws/karpenter-provider-aws pkg/controllers/interruption/events: SpotInterrupted)."""
+    ev = ice_event(pod_name, "x", at, namespace=NS)
+    ev["involvedObject"] = {"kind": "Pod", "name": pod_name, "namespace": NS}
+    ev["reason"] = "SpotInterrupted"
+    ev["message"] = "Spot interruption warning was triggered"
+    return ev
+
+
+def test_pods_on_a_spot_interrupted_node_count_as_interrupting_within_the_window(world, clock):
+    world.set_unit("sd21-g5-triton", ready=3)
+    world.fake.put(_spot_interrupted_event("sd21-g5-triton-0", clock() - 30))
+    world.fake.put(_spot_interrupted_event("sd21-g5-triton-1", clock() - 30))
+    world.fake.put(_spot_interrupted_event("sd21-g5-triton-2", clock() - 3600))  # long ago: not now
+    world.fake.put(_spot_interrupted_event("sd21-g5-triton-9", clock() - 30))  # that pod is gone
+    sig = world.controller().signals.read(clock())
+    assert sig.units["sd21-g5-triton"].interrupting_replicas == 2
+    assert sig.units["sd21-g5-triton"].ready_replicas == 3  # still serving until the node goes
+    assert all(s.interrupting_replicas == 0 for n, s in sig.units.items() if n != "sd21-g5-triton")

@@ -17,7 +17,7 @@ from controller.simulator.model import (
     SloSettings,
     simulate_policy,
 )
-from controller.simulator.oracle import oracle_run
+from controller.simulator.oracle import oracle_run, relaxed_oracle_run
 from controller.simulator.policies import ControllerPolicy, SeedTwoStatePolicy, StaticPolicy
 from controller.simulator.queueing import erlang_c, late_probability
 from controller.simulator.runner import POLICIES, SimSettings, lower_bound_usd, run_all, summarise
@@ -193,11 +193,11 @@ def test_panic_mode_scales_up_at_once_on_a_surge():
 # ------------------------------------------------------------------------------------------- oracle
 
 
-def test_oracle_uses_paid_floors_first_then_merit_order_at_target_utilisation():
+def test_relaxed_oracle_uses_paid_floors_first_then_merit_order_at_target_utilisation():
     cheap = _one_unit(name="cheap", price_per_hour=1.0, max_throughput=100.0, max_replicas=10)
     dear = _one_unit(name="dear", pool="capacity", price_per_hour=3.0, max_throughput=100.0, max_replicas=10)
     tr = Trace(np.array([0.0, 3600.0]), np.array([500.0, 900.0]), {"cheap": np.array([np.nan, 5.0])})
-    run = oracle_run([cheap, dear], tr)
+    run = relaxed_oracle_run([cheap, dear], tr)
     # t=0: floors (1 each, 70 rps at 0.7) serve 140; the other 360 go to "cheap" -> 1 + 360/70 replicas
     assert run.served[0].tolist() == pytest.approx([430.0, 70.0])
     assert run.billed[0].tolist() == pytest.approx([1 + 360 / 70, 1.0])
@@ -207,11 +207,41 @@ def test_oracle_uses_paid_floors_first_then_merit_order_at_target_utilisation():
     assert run.dropped.sum() == 0
 
 
-def test_oracle_runs_replicas_to_their_breaking_point_only_when_capacity_is_short():
+def test_oracles_run_replicas_to_their_breaking_point_only_when_capacity_is_short():
     u = _one_unit(max_replicas=2)
-    run = oracle_run([u], Trace(np.array([0.0]), np.array([250.0])))
-    assert run.billed[0, 0] == 2 and run.served[0, 0] == pytest.approx(200.0)
-    assert run.dropped[0, 0] == pytest.approx(50.0)
+    for run in (oracle_run([u], Trace(np.array([0.0]), np.array([250.0]))),
+                relaxed_oracle_run([u], Trace(np.array([0.0]), np.array([250.0])))):
+        assert run.billed[0, 0] == 2 and run.served[0, 0] == pytest.approx(200.0)
+        assert run.dropped[0, 0] == pytest.approx(50.0)
+
+
+def test_honest_oracle_runs_whole_replicas_and_pays_them_from_one_start_up_before_they_serve():
+    u = _one_unit(max_replicas=10, startup_s=300.0)  # 100 rps at the breaking point, 70 at target
+    t = np.arange(0.0, 3600.0, 60.0)
+    demand = np.where(t >= 1800.0, 300.0, 100.0)
+    run = oracle_run([u], Trace(t, demand))
+    assert np.all(run.ready == np.floor(run.ready)) and np.all(run.billed == np.floor(run.billed))
+    k = int(np.searchsorted(t, 1800.0))
+    assert run.ready[k - 1, 0] == 2 and run.ready[k, 0] == 5  # ceil(100/70), ceil(300/70)
+    # the three new pods are paid from 300 s before they serve, not earlier
+    assert run.billed[k - 5, 0] == 5 and run.billed[k - 6, 0] == 2
+    assert run.dropped.sum() == 0
+
+
+def test_honest_oracle_cannot_use_capacity_that_returns_less_than_a_start_up_ago():
+    cheap = _one_unit(name="cheap", price_per_hour=1.0, max_throughput=100.0, max_replicas=10, startup_s=600.0)
+    dear = _one_unit(name="dear", pool="capacity", price_per_hour=3.0, max_throughput=100.0, max_replicas=10,
+                     startup_s=60.0)
+    t = np.arange(0.0, 7200.0, 60.0)
+    avail = np.where((t >= 1200.0) & (t < 3600.0), 0.0, np.nan)  # "cheap" has no capacity 20-60 min
+    run = oracle_run([cheap, dear], Trace(t, np.full(t.size, 300.0), {"cheap": avail}))
+    back = int(np.searchsorted(t, 3600.0))
+    assert run.ready[back, 0] == 0 and run.ready[back + 9, 0] == 0  # still starting
+    assert run.ready[back + 10, 0] == 4  # scheduled at 3600 s, ready 600 s later; with the floor of "dear"
+    assert np.all(run.billed[:, 0] <= np.nan_to_num(avail, nan=10.0))
+    assert run.dropped.sum() == 0  # "dear" starts in 60 s and the oracle knew the outage was coming
+    relaxed = relaxed_oracle_run([cheap, dear], Trace(t, np.full(t.size, 300.0), {"cheap": avail}))
+    assert relaxed.cost_usd < run.cost_usd
 
 
 # ---------------------------------------------------------------------------------------- SLO model
