@@ -279,8 +279,9 @@ def drive(world: World, fake: FakeKube, infer: str, controller: Process) -> dict
     fake.edit("serving.kserve.io/v1alpha1", "InferenceGraph", "sd21-router", NS, hand_edit)
     phases["paused"] = settle(5)
 
-    # The pods API fails: the controller holds the weights on stale signals.
-    fake.fail(r"/pods", status=503, times=10**6)
+    # The pods and autoscaler APIs fail: with neither, no unit's replicas are known and the signals
+    # are stale (the pods alone are not enough: ready replicas then come from the autoscalers).
+    fake.fail(r"/(pods|podautoscalers)", status=503, times=10**6)
     phases["stale"] = settle(8)
     fake.clear_faults()
 
