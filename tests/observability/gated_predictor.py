@@ -2,7 +2,8 @@
 
 Stands for a pod whose model never finishes loading (a stuck storage mount, a download that
 hangs): the real server runs, answers liveness and /metrics, and reports the model not ready
-until ``PREDICTOR_LOAD_GATE`` exists. Only the start of ``PredictorModel.load`` waits.
+until ``PREDICTOR_LOAD_GATE`` exists. Only the start of the model's one real load
+(``PredictorModel._load_and_warm_up``, on the inference thread) waits.
 
     PREDICTOR_LOAD_GATE=/tmp/gate python -m tests.observability.gated_predictor --model_name ... ...
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from predictor.__main__ import main
 from predictor.model import PredictorModel
 
-_real_load = PredictorModel.load
+_real_load = PredictorModel._load_and_warm_up
 
 
 def _gated_load(self: PredictorModel) -> bool:
@@ -28,5 +29,5 @@ def _gated_load(self: PredictorModel) -> bool:
 
 
 if __name__ == "__main__":
-    PredictorModel.load = _gated_load
+    PredictorModel._load_and_warm_up = _gated_load
     sys.exit(main(sys.argv[1:]))

@@ -173,6 +173,7 @@ def test_tokenizing_and_chat_templating_run_off_the_event_loop(tiny_llm_task):
     tiny_llm_task.backend.tokenizer = RecordingTokenizer()
     model = OpenAITextGenerationModel("llama", tiny_llm_task, DeviceInfo("cpu", 1), warmup=False)
     model.ready = True
+    model.lifecycle.mark_loaded()
 
     async def calls():
         loop_thread = threading.current_thread().name
