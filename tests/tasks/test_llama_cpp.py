@@ -213,3 +213,19 @@ def test_threads_follow_the_container_cpu_limit(tmp_path, monkeypatch, files, cp
     real = llama_cpp_backend._cgroup_quota
     monkeypatch.setattr(llama_cpp_backend, "_cgroup_quota", lambda root=str(tmp_path): real(root))
     assert llama_cpp_backend.container_cpus() == (cpus or 8)
+
+
+@pytest.mark.parametrize(("gguf_type", "described"), [("f16", "F16"), ("q4_0", "Q4_0")])
+def test_tiny_models_cli_writes_a_gguf_llama_cpp_loads(tmp_path, gguf_type, described):
+    _require_llama_cpp()
+    completed = subprocess.run(
+        [sys.executable, "-m", "predictor.tiny_models", str(tmp_path), "--task", "text-generation",
+         "--format", "gguf", "--gguf_type", gguf_type],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    from predictor.pipelines.llama_cpp_backend import LlamaCppBackend, gguf_file
+
+    backend = LlamaCppBackend(gguf_file(tmp_path), max_sequences=1, threads=1)
+    assert described in backend.model.desc()
+    assert backend.tokenizer.chat_template and backend.context_length == 256
