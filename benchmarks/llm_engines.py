@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import statistics
@@ -88,7 +89,8 @@ def stream_once(session: requests.Session, url: str, max_tokens: int) -> tuple[f
     tokens = 0
     with session.post(f"{url}/openai/v1/completions", json=body, stream=True, timeout=600) as response:
         response.raise_for_status()
-        for line in response.iter_lines(decode_unicode=True):
+        # chunk_size=None: lines as they arrive (the default 512-byte reads would delay the first token)
+        for line in response.iter_lines(chunk_size=None, decode_unicode=True):
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
@@ -127,8 +129,9 @@ def run_level(url: str, concurrency: int, per_client: int, max_tokens: int) -> d
         "wall_s": round(wall, 3),
         "tokens_per_s": round(tokens / wall, 1),
         "ttft_p50_ms": round(1000 * statistics.median(ttft), 1),
-        "ttft_p90_ms": round(1000 * ttft[int(0.9 * (len(ttft) - 1))], 1),
+        "ttft_p90_ms": round(1000 * ttft[max(0, math.ceil(0.9 * len(ttft)) - 1)], 1),  # nearest rank
         "latency_p50_s": round(statistics.median(latency), 3),
+        "ttft_s": [round(value, 4) for value in ttft],
     }
 
 

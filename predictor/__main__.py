@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch_compile": args.torch_compile,
         "backend": args.backend,  # resolved by _check_backend
         "threads": args.threads,
+        "context_length": args.context_length,
         "max_batch_size": args.max_batch_size,
     }
     task = task_factory(str(model_dir), device, limits, options)

@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"where it is installed, else transformers (optimum-neuron on Neuron). Env: {BACKEND_ENV}.",
     )
     model.add_argument(
+        "--context_length",
+        type=int,
+        default=None,
+        help="Tokens of context per sequence for llama.cpp and vLLM (their KV cache is sized by it); default: "
+        "llama.cpp min(the model's, 4096), vLLM the model's.",
+    )
+    model.add_argument(
         "--threads",
         type=int,
         default=None,

@@ -42,6 +42,9 @@ from predictor.pipelines import tensors
 logger = logging.getLogger(__name__)
 
 
+DEFAULT_CONTEXT = 4096  # tokens per sequence unless --context_length says otherwise
+
+
 class LlamaCppMissingError(RuntimeError):
     pass
 
@@ -51,10 +54,13 @@ def import_llama_cpp():
     try:
         import llama_cpp
         from llama_cpp import _internals  # noqa: F401  (the backend's building blocks)
+        from llama_cpp import _logger as llama_logger
     except ImportError as error:
         raise LlamaCppMissingError(
             f"the llama.cpp backend needs llama-cpp-python (pip install '.[llama]'): {error}"
         ) from None
+    # llama.cpp prints its load and context details to stderr; keep them for --log level DEBUG
+    llama_logger.set_verbose(logger.isEnabledFor(logging.DEBUG))
     return llama_cpp
 
 
@@ -164,7 +170,9 @@ class LlamaCppBackend:
         model_params = llama_cpp.llama_model_default_params()
         self.model = _internals.LlamaModel(path_model=str(self.path), params=model_params, verbose=False)
         trained = int(self.model.n_ctx_train())
-        per_sequence = min(context_length or trained, trained)
+        # The KV cache holds max_sequences x per_sequence cells: a 128k-token trained context times
+        # 8 sequences would not fit a node's memory, so the default is capped.
+        per_sequence = min(context_length or DEFAULT_CONTEXT, trained)
         self.max_sequences = max(1, int(max_sequences))
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = per_sequence * self.max_sequences

@@ -442,7 +442,10 @@ def load_backend(model_dir: str, device_kind: str, options: Mapping[str, Any]) -
         from predictor.pipelines.llama_cpp_backend import LlamaCppBackend, gguf_file
 
         return LlamaCppBackend(
-            gguf_file(model_dir), max_sequences=options.get("max_batch_size", 4), threads=options.get("threads")
+            gguf_file(model_dir),
+            max_sequences=options.get("max_batch_size", 4),
+            threads=options.get("threads"),
+            context_length=options.get("context_length"),
         )
     if backend == "vllm":
         from predictor.pipelines.vllm_backend import VLLMBackend

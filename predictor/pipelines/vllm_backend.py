@@ -102,6 +102,7 @@ class VLLMBackend:
             model=model_dir,
             dtype=dtype,
             max_num_seqs=int(options.get("max_num_seqs") or 256),
+            max_model_len=options.get("context_length"),  # None: the model's own
             disable_log_stats=False,  # vLLM's own Prometheus metrics (vllm:*) join /metrics
         )
         self.engine = self.api["AsyncLLM"].from_engine_args(args)
