@@ -17,6 +17,44 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _check_backend(model_dir: str, device_kind: str, args) -> str | None:
+    """Resolve --backend for text generation now (a clear exit, not a failed load); None when usable."""
+    from predictor.pipelines.text_generation import select_backend
+
+    try:
+        args.backend = select_backend(model_dir, device_kind, args.backend)
+    except ValueError as error:
+        return str(error)
+    logger.info("text-generation backend: %s", args.backend)
+    try:
+        if args.backend == "llama.cpp":
+            from predictor.pipelines.llama_cpp_backend import import_llama_cpp
+
+            import_llama_cpp()
+        elif args.backend == "vllm":
+            from predictor.pipelines.vllm_backend import import_vllm
+
+            import_vllm()
+    except RuntimeError as error:
+        return str(error)
+    return None
+
+
+def _use_engine_batching(model, task, args) -> None:
+    """vLLM batches continuously by itself: its requests skip the dynamic batcher."""
+    if args.backend != "vllm":
+        return
+    from predictor import metrics
+    from predictor.pipelines.vllm_backend import EngineSubmitter
+
+    model.batcher = EngineSubmitter(
+        task,
+        args.max_queue_size,
+        on_batch=model._observe_batch,
+        on_depth=metrics.QUEUE_DEPTH.labels(**model.labels).set,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     parser.add_argument(
@@ -74,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelSourceError, UnknownTaskError) as error:
         return _fail(str(error))
     logger.info("serving task %s from %s as model %r", task_name, model_dir, args.model_name)
+    if task_name == "text-generation":
+        error = _check_backend(str(model_dir), device.kind, args)
+        if error:
+            return _fail(error)
 
     limits = ServingLimits(
         max_batch_size=args.max_batch_size,
@@ -84,7 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         default_steps=args.default_steps,
         max_steps=args.max_steps,
     )
-    options = {"dtype": args.dtype, "torch_compile": args.torch_compile}
+    options = {
+        "dtype": args.dtype,
+        "torch_compile": args.torch_compile,
+        "backend": args.backend,  # resolved by _check_backend
+        "threads": args.threads,
+        "context_length": args.context_length,
+        "max_batch_size": args.max_batch_size,
+    }
     task = task_factory(str(model_dir), device, limits, options)
 
     from predictor.http_lifecycle import install_lifecycle_middleware
@@ -107,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         batch_deadline_s=args.batch_deadline_s,
     )
+    if task_name == "text-generation":
+        _use_engine_batching(model, task, args)
     install_error_handlers()
     from predictor.rest_requests import install_rest_request_handling
 

@@ -15,6 +15,8 @@ from kserve.model_server import parser as kserve_parser
 DEVICE_CHOICES = ("auto", "neuron", "cuda", "cpu")
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 DEVICE_ENV = "PREDICTOR_DEVICE"
+BACKEND_CHOICES = ("auto", "transformers", "llama.cpp", "vllm")
+BACKEND_ENV = "PREDICTOR_BACKEND"
 
 
 def _bool(value: str) -> bool:
@@ -51,6 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--task",
         default="auto",
         help="Pipeline task; 'auto' reads it from the model's model_index.json / config.json.",
+    )
+
+    model.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default=os.environ.get(BACKEND_ENV, "auto"),
+        help="Text-generation engine. 'auto': llama.cpp for a model directory holding a .gguf file, vLLM on CUDA "
+        f"where it is installed, else transformers (optimum-neuron on Neuron). Env: {BACKEND_ENV}.",
+    )
+    model.add_argument(
+        "--context_length",
+        type=int,
+        default=None,
+        help="Tokens of context per sequence for llama.cpp and vLLM (their KV cache is sized by it); default: "
+        "llama.cpp min(the model's, 4096), vLLM the model's.",
+    )
+    model.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for llama.cpp; default: the container's CPU limit (cgroup cpu.max), else the usable CPUs.",
     )
 
     device = parser.add_argument_group("device")

@@ -45,7 +45,9 @@ class ModelSourceError(RuntimeError):
 
 def has_model(directory: str | Path) -> bool:
     path = Path(directory)
-    return any((path / marker).is_file() for marker in MODEL_MARKERS)
+    if any((path / marker).is_file() for marker in MODEL_MARKERS):
+        return True
+    return path.is_dir() and any(path.glob("*.gguf"))  # a llama.cpp model: the GGUF file alone
 
 
 def weights_variant(device_kind: str, dtype: str) -> str | None:

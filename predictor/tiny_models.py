@@ -12,6 +12,10 @@ but every code path of the real pipelines runs. Each model is well under a few M
                         (``build_gpt2_lm``: a GPT-2 with learned positions and a 64-token context)
 
 Usage: ``python -m predictor.tiny_models DIR --task TASK [--seed 0]``
+
+``--format gguf`` (text-generation only) writes the same Llama as one GGUF file for the llama.cpp
+backend instead (``DIR/model-<type>.gguf``; ``--gguf_type`` f16 (default), f32, or a 4-bit/8-bit
+type llama.cpp quantizes locally: q4_0, q4_k_m, q8_0). See ``predictor.gguf_convert``.
 """
 
 from __future__ import annotations
@@ -179,8 +183,18 @@ def _readable_output_only(model, tokenizer) -> None:
         head.weight[~keep] = 0.0
 
 
-def build_causal_lm(output_dir: str | Path, seed: int = 0) -> Path:
-    """Llama-class causal LM (GQA, RoPE, SwiGLU) with a byte-level tokenizer and a chat template."""
+def build_causal_lm(
+    output_dir: str | Path,
+    seed: int = 0,
+    hidden_size: int = 32,
+    intermediate_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+) -> Path:
+    """Llama-class causal LM (GQA, RoPE, SwiGLU) with a byte-level tokenizer and a chat template.
+
+    The sizes default to the tiny test model; the benchmarks build a larger one of the same shape."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -190,11 +204,11 @@ def build_causal_lm(output_dir: str | Path, seed: int = 0) -> Path:
     tokenizer = _byte_level_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=LLM_CONTEXT,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -265,12 +279,46 @@ def build(task: str, output_dir: str | Path, seed: int = 0) -> Path:
     return builder(output_dir, seed=seed)
 
 
+def build_gguf_lm(output_dir: str | Path, seed: int = 0, gguf_type: str = "f16", **sizes) -> Path:
+    """The tiny Llama (``build_causal_lm``) as one GGUF file in ``output_dir``; returns the file."""
+    import tempfile
+
+    from predictor.gguf_convert import FLOAT_TYPES, QUANT_TYPES, convert_llama, quantize
+
+    if gguf_type not in FLOAT_TYPES + QUANT_TYPES:
+        raise ValueError(f"gguf type must be one of {FLOAT_TYPES + QUANT_TYPES}, got {gguf_type!r}")
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    target = output / f"model-{gguf_type}.gguf"
+    with tempfile.TemporaryDirectory() as scratch:
+        hf_dir = build_causal_lm(Path(scratch) / "hf", seed=seed, **sizes)
+        if gguf_type in FLOAT_TYPES:
+            return convert_llama(hf_dir, target, gguf_type)
+        f16 = convert_llama(hf_dir, Path(scratch) / "model-f16.gguf", "f16")
+        return quantize(f16, target, gguf_type)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m predictor.tiny_models", description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", help="Directory to write the model into.")
     parser.add_argument("--task", required=True, choices=TASKS, help="Which task's model to build.")
     parser.add_argument("--seed", type=int, default=0, help="Seed for the random weights.")
+    parser.add_argument(
+        "--format",
+        choices=("transformers", "gguf"),
+        default="transformers",
+        help="gguf: one GGUF file for the llama.cpp backend (text-generation only).",
+    )
+    parser.add_argument(
+        "--gguf_type", default="f16", help="With --format gguf: f16, f32, q4_0, q4_k_m or q8_0 (quantized locally)."
+    )
     args = parser.parse_args(argv)
+    if args.format == "gguf":
+        if args.task != "text-generation":
+            parser.error("--format gguf is only for --task text-generation")
+        path = build_gguf_lm(args.output_dir, seed=args.seed, gguf_type=args.gguf_type)
+        print(f"wrote a tiny text-generation model (llama, {args.gguf_type}) to {path} ({path.stat().st_size / 1e6:.2f} MB)")
+        return 0
     path = build(args.task, args.output_dir, seed=args.seed)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     architectures = json.loads((path / "config.json").read_text()).get("architectures")

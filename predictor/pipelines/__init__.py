@@ -97,15 +97,17 @@ class UnknownTaskError(ValueError):
 
 
 def infer_task(model_dir: str | Path) -> str:
-    """Read the task from model_index.json (diffusers) or config.json (transformers)."""
+    """Read the task from model_index.json (diffusers) or config.json (transformers); a lone GGUF file is text generation."""
     directory = Path(model_dir)
     index = directory / "model_index.json"
+    config = directory / "config.json"
+    if not index.is_file() and not config.is_file() and any(directory.glob("*.gguf")):
+        return "text-generation"  # GGUF holds causal LMs (llama.cpp's format); served by the llama.cpp backend
     if index.is_file():
         names = [json.loads(index.read_text()).get("_class_name", "")]
     else:
-        config = directory / "config.json"
         if not config.is_file():
-            raise UnknownTaskError(f"{directory}: neither model_index.json nor config.json found")
+            raise UnknownTaskError(f"{directory}: neither model_index.json, config.json nor a .gguf file found")
         names = json.loads(config.read_text()).get("architectures") or []
     for name in names:
         if name in TASK_BY_CLASS:

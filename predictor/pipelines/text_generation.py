@@ -31,6 +31,7 @@ import random
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from kserve.errors import InvalidInput
@@ -150,8 +151,12 @@ class RowState:
 
     def close(self) -> None:
         """Generation ended (batch length or context reached) before the row finished."""
+        self.end("length")
+
+    def end(self, reason: str) -> None:
+        """The engine ended the row (an engine that stops by itself, e.g. vLLM at an end token)."""
         if not self.done:
-            self._finish("length", len(self.text + self._pending_text()))
+            self._finish(reason, len(self.text + self._pending_text()))
 
     def result(self) -> Generation:
         return Generation(self.text, self.finish_reason or "length", len(self.item.input_ids), len(self.tokens))
@@ -404,7 +409,48 @@ def _pad_id(tokenizer, eos_ids: frozenset[int]) -> int:
     return min(eos_ids) if eos_ids else 0
 
 
+BACKENDS = ("auto", "transformers", "llama.cpp", "vllm")
+
+
+def select_backend(model_dir: str, device_kind: str, requested: str = "auto") -> str:
+    """The engine for a model: ``requested``, or (auto) llama.cpp for a GGUF file, vLLM on an
+    accelerator where it is importable, else transformers (optimum-neuron on Neuron)."""
+    from predictor.pipelines.llama_cpp_backend import gguf_files
+
+    if requested not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
+    has_gguf = bool(gguf_files(model_dir))
+    if requested != "auto":
+        if requested == "llama.cpp" and not has_gguf:
+            raise ValueError(f"{model_dir}: --backend llama.cpp needs a .gguf file in the model directory")
+        if requested != "llama.cpp" and has_gguf and not (Path(model_dir) / "config.json").is_file():
+            raise ValueError(f"{model_dir} holds only GGUF weights: serve it with --backend llama.cpp (or auto)")
+        return requested
+    if has_gguf:
+        return "llama.cpp"
+    if device_kind == "cuda":
+        from predictor.pipelines.vllm_backend import vllm_available
+
+        if vllm_available():
+            return "vllm"
+    return "transformers"
+
+
 def load_backend(model_dir: str, device_kind: str, options: Mapping[str, Any]) -> CausalLMBackend:
+    backend = select_backend(model_dir, device_kind, options.get("backend", "auto"))
+    if backend == "llama.cpp":
+        from predictor.pipelines.llama_cpp_backend import LlamaCppBackend, gguf_file
+
+        return LlamaCppBackend(
+            gguf_file(model_dir),
+            max_sequences=options.get("max_batch_size", 4),
+            threads=options.get("threads"),
+            context_length=options.get("context_length"),
+        )
+    if backend == "vllm":
+        from predictor.pipelines.vllm_backend import VLLMBackend
+
+        return VLLMBackend(model_dir, device_kind, options)
     if device_kind == "neuron":
         from predictor.pipelines.neuron_transformers import NeuronCausalLMBackend
 
@@ -443,6 +489,11 @@ class TextGenerationTask(Task):
             self.backend.context_length,
             "yes" if self.has_chat_template else "no",
         )
+
+    def warmup_batches(self) -> list[list[GenerateItem]]:
+        if getattr(self.backend, "self_warming", False):
+            return []  # the engine warmed itself up while loading (vLLM)
+        return super().warmup_batches()
 
     def warmup_items(self) -> list[GenerateItem]:
         return self.items(["warm-up"], {"max_tokens": 2, "temperature": 0})
