@@ -34,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
         conflict_handler="resolve",
         description="Hardware-aware KServe predictor (Neuron, CUDA, CPU).",
     )
+    # kserve's default is true: three log lines and a CPU-time probe per request (its TimingMiddleware
+    # and the model's latency line), ~10% of the server's CPU per request on the tiny classifier.
+    # predictor_request_seconds and the access log say the same.
+    parser.add_argument(
+        "--enable_latency_logging",
+        type=_bool,
+        default=False,
+        help="Log kserve's per-request latency lines (kserve.trace timings, the model's latency line). Default: false.",
+    )
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model_dir",
