@@ -87,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     serving = parser.add_argument_group("serving")
     serving.add_argument("--max_batch_size", type=int, default=4, help="Most prompts in one pipeline call.")
     serving.add_argument(
-        "--batch_wait_ms", type=float, default=5.0, help="How long the first request waits for others to batch with."
+        "--batch_wait_ms",
+        type=float,
+        default=5.0,
+        help="Upper bound of the batcher's one hold: right after a batch of several, how long the next may wait "
+        "for as many requests. An idle device never waits: a lone request runs at once.",
     )
     serving.add_argument(
         "--max_queue_size", type=int, default=64, help="Prompts waiting at most; beyond it requests get 503."
