@@ -846,7 +846,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             "no_batching": ServerSpec("no batching (max_batch_size 1)", 1, 0.0),
         }
         servers: dict[str, Server] = {}
-        for key, spec in specs.items():
+        for key, spec in specs.items() if parts & {"a", "b", "c"} else ():
             server = Server(spec, model_dir, device, args.dtype, out_dir / f"server-{key}.log", env, extra)
             stack.callback(server.stop)
             atexit.register(server.stop)
@@ -1027,10 +1027,10 @@ def run_default_vs_one(
     image = {"steps": args.steps, "height": args.height, "width": args.width}
     sd_key = "sd_model" if args.model_dir else "tiny_sd"
     models = {
-        sd_key: (sd_dir, lambda server: RestClient(server.http), image, (60, 128)),
+        sd_key: (sd_dir, lambda server: RestClient(server.http), image, (40, 96)),
         "tiny_classifier": (
             build_tiny_classifier(scratch / "tiny-classifier", env),
-            lambda server: FixedBodyClient(server.http, CLASSIFIER_BODY), {}, (200, 480),
+            lambda server: FixedBodyClient(server.http, CLASSIFIER_BODY), {}, (150, 320),
         ),
     }  # fmt: skip
     specs = {
