@@ -1,10 +1,17 @@
-"""Dynamic batching: coalesce concurrent requests into one pipeline call.
+"""Dynamic batching: coalesce concurrent requests into one pipeline call, never at an idle device's expense.
 
-Requests put their items on a bounded queue and await futures. A single dispatcher task takes
-the oldest item, waits up to ``batch_wait_s`` (counted from that item's arrival) for more items
-with the same batch key, and runs up to ``max_batch_size`` of them in one call on the inference
-thread. Items with other keys keep their place for the next call. While a call runs, new items
-accumulate, so under load batches fill without any added wait.
+Requests put their items on a bounded queue and await futures. A single dispatcher task runs one
+device call at a time on the inference thread:
+
+* When the device is free, what is queued runs at once: the oldest item and every queued item with
+  the same batch key, up to ``max_batch_size``. A lone request on an idle server never waits.
+* What arrives while a call runs forms the next batch, so under load batches fill by themselves.
+* The one wait: right after a batch of several items of the same key, a closed loop of clients is
+  about to send that many requests again. If the queue then holds only fewer items of that key,
+  the dispatcher holds them until as many as the last batch are queued, for at most
+  ``batch_wait_s`` and never longer than the last call took (waiting longer than a call costs
+  more than it can save). Anything with another key ends the hold at once: items with
+  incompatible parameters never wait for each other. ``batch_wait_s`` = 0 disables the hold.
 
 The event loop only moves futures around; the pipeline runs on a dedicated thread, so health,
 metadata and /metrics stay responsive while images are generated.
@@ -23,7 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from predictor import device_health
@@ -45,7 +52,7 @@ class _Entry:
     item: Any
     key: Hashable
     future: asyncio.Future
-    enqueued_at: float = field(default_factory=time.monotonic)
+    enqueued_at: float
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,16 @@ class _Failed:
 class BatchStats:
     size: int
     queue_waits: tuple[float, ...]
+    seconds: float
+    #: how long the dispatcher held the batch open for more items (0: it ran as soon as the device was free)
+    held_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class _LastBatch:
+    key: Hashable
+    size: int
+    ended_at: float
     seconds: float
 
 
@@ -76,6 +93,7 @@ class DynamicBatcher:
         on_depth: Callable[[int], None] | None = None,
         deadline_for: Callable[[Sequence[Any]], float | None] | None = None,
         on_device_failure: Callable[[str, str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         """``deadline_for(items)``: seconds a device call for these items may take (None: no limit).
         ``on_device_failure(kind, reason)``: told of every out-of-memory, unrecoverable or overdue call."""
@@ -96,6 +114,8 @@ class DynamicBatcher:
         self._pending: list[_Entry] = []
         self._arrived: asyncio.Event | None = None
         self._dispatcher: asyncio.Task | None = None
+        self._clock = clock
+        self._last_batch: _LastBatch | None = None
 
     @property
     def depth(self) -> int:
@@ -111,7 +131,8 @@ class DynamicBatcher:
             )
         self._ensure_dispatcher()
         loop = asyncio.get_running_loop()
-        entries = [_Entry(item, self._batch_key(item), loop.create_future()) for item in items]
+        now = self._clock()
+        entries = [_Entry(item, self._batch_key(item), loop.create_future(), now) for item in items]
         self._pending.extend(entries)
         self._on_depth(len(self._pending))
         self._arrived.set()
@@ -139,42 +160,75 @@ class DynamicBatcher:
         if not self._pending:
             return []
         key = self._pending[0].key
-        batch = [entry for entry in self._pending if entry.key == key][: self.max_batch_size]
-        taken = {id(entry) for entry in batch}
-        self._pending = [entry for entry in self._pending if id(entry) not in taken]
+        if len(self._pending) <= self.max_batch_size and all(entry.key == key for entry in self._pending):
+            batch, self._pending = self._pending, []  # the common case: everything queued goes
+        else:
+            batch = [entry for entry in self._pending if entry.key == key][: self.max_batch_size]
+            taken = {id(entry) for entry in batch}
+            self._pending = [entry for entry in self._pending if id(entry) not in taken]
         self._on_depth(len(self._pending))
         return batch
 
-    def _ready_count(self, key: Hashable) -> int:
-        return sum(1 for entry in self._pending if entry.key == key and not entry.future.done())
+    def _company_expected(self) -> tuple[int, float]:
+        """(items worth holding the queue's head for, for at most how many seconds); (0, 0) to run now.
+
+        Only right after a batch of several items of the head's key, and only while the queue holds
+        nothing but fewer such items: the evidence that more of the same are on their way back.
+        """
+        last = self._last_batch
+        if last is None or last.size < 2 or self.batch_wait_s <= 0 or self.max_batch_size < 2:
+            return 0, 0.0
+        key = self._pending[0].key
+        if last.key != key or self._clock() - last.ended_at >= self.batch_wait_s:
+            return 0, 0.0
+        if any(entry.key != key for entry in self._pending):
+            return 0, 0.0
+        wanted = min(last.size, self.max_batch_size)
+        if len(self._pending) >= wanted:
+            return 0, 0.0
+        return wanted, min(self.batch_wait_s, last.seconds)
+
+    async def _hold_for_company(self) -> float:
+        """Hold the queue (see ``_company_expected``); the seconds held."""
+        wanted, limit = self._company_expected()
+        if not wanted:
+            return 0.0
+        started = self._clock()
+        key = self._pending[0].key
+        while True:
+            live = [entry for entry in self._pending if not entry.future.done()]
+            if not live or len(live) >= wanted or any(entry.key != key for entry in live):
+                break
+            remaining = started + limit - self._clock()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+        return self._clock() - started
 
     async def _dispatch_forever(self) -> None:
         while True:
-            self._pending = [entry for entry in self._pending if not entry.future.done()]
+            if not self._pending or self._pending[0].future.done():
+                self._pending = [entry for entry in self._pending if not entry.future.done()]
             if not self._pending:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            first = self._pending[0]
-            deadline = first.enqueued_at + self.batch_wait_s
-            while self._ready_count(first.key) < self.max_batch_size:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
-                except TimeoutError:
-                    break
+            held = await self._hold_for_company()
             batch = self._take_batch()
             if not batch:
                 continue
-            started = time.monotonic()
+            started = self._clock()
             waits = tuple(started - entry.enqueued_at for entry in batch)
             try:
                 outcomes = await self._run(batch)
             finally:
-                self._on_batch(BatchStats(len(batch), waits, time.monotonic() - started))
+                ended = self._clock()
+                self._last_batch = _LastBatch(batch[0].key, len(batch), ended, ended - started)
+                self._on_batch(BatchStats(len(batch), waits, ended - started, held))
             for entry, outcome in zip(batch, outcomes, strict=True):
                 if entry.future.done():
                     continue

@@ -105,9 +105,11 @@ def free_ports(count: int) -> list[int]:
 
 @dataclass
 class ServerSpec:
+    """A server's batching flags; None leaves the flag out (the predictor's default)."""
+
     label: str
-    max_batch_size: int
-    batch_wait_ms: float
+    max_batch_size: int | None
+    batch_wait_ms: float | None
 
 
 @dataclass
@@ -151,10 +153,8 @@ class Server:
             self.device,
             "--dtype",
             self.dtype,
-            "--max_batch_size",
-            str(self.spec.max_batch_size),
-            "--batch_wait_ms",
-            str(self.spec.batch_wait_ms),
+            *(["--max_batch_size", str(self.spec.max_batch_size)] if self.spec.max_batch_size is not None else []),
+            *(["--batch_wait_ms", str(self.spec.batch_wait_ms)] if self.spec.batch_wait_ms is not None else []),
             "--max_queue_size",
             str(max(64, 2 * READY_INFLIGHT)),
             *self.extra_args,
@@ -203,6 +203,11 @@ class Server:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, all threads) the server process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def metrics(self) -> dict[str, float]:
         """The predictor's own Prometheus samples (``predictor_*``), summed over labels."""
@@ -278,6 +283,28 @@ class RestClient:
 
     def close(self) -> None:
         self.http.close()
+
+
+class FixedBodyClient:
+    """v2 REST infer of one fixed request body (the classifier's text) over one keep-alive connection."""
+
+    def __init__(self, base_url: str, body: bytes):
+        self.http = HttpConnection(base_url)
+        self.path = f"/v2/models/{MODEL_NAME}/infer"
+        self.body = body
+
+    def infer(self, **_ignored: Any) -> None:
+        status, data = self.http.request("POST", self.path, self.body)
+        if status != 200:
+            raise RuntimeError(f"REST infer: HTTP {status}: {data[:300]!r}")
+
+    def close(self) -> None:
+        self.http.close()
+
+
+CLASSIFIER_BODY = json.dumps(
+    {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["what a lovely day for a benchmark"]}]}
+).encode()
 
 
 class GrpcClient:
@@ -393,7 +420,9 @@ def measure_latency(
 # ----------------------------------------------------------------------------- (b) throughput
 
 
-def closed_loop(make_client: Callable[[], Any], concurrency: int, total: int, infer_args: dict) -> dict:
+def closed_loop(
+    make_client: Callable[[], Any], concurrency: int, total: int, infer_args: dict, keep_samples: bool = False
+) -> dict:
     """``concurrency`` clients, each sending its next request when the last returns, ``total`` in all."""
     lock = threading.Lock()
     issued = 0
@@ -440,6 +469,8 @@ def closed_loop(make_client: Callable[[], Any], concurrency: int, total: int, in
         wall_s=round(wall, 3),
         images_per_s=round(len(latencies) / wall, 3),
     )
+    if keep_samples:
+        result["samples_s"] = latencies
     return result
 
 
@@ -518,6 +549,70 @@ def ready_under_load(server: Server, inflight: int, duration_s: float, interval_
         batches=after.get("predictor_batch_size_count", 0) - before.get("predictor_batch_size_count", 0),
     )
     return result
+
+
+# ----------------------------------------------------------------------------- (d) default vs no batching
+
+
+DEFAULT_VS_ONE = ("default", "max_batch_size_1")
+LONE_P50_GOAL = 1.05  # default server's p50 at concurrency 1 / --max_batch_size 1's
+THROUGHPUT_GOALS = {"tiny_sd": 2.0, "tiny_classifier": 1.5}  # at concurrency 16, default / --max_batch_size 1
+
+
+def default_vs_one(
+    servers: dict[str, Server], make_client: Callable[[Server], Any], infer_args: dict, rounds: int,
+    lone_requests: int, loaded_requests: int, loaded_concurrency: int = 16,
+) -> dict:  # fmt: skip
+    """The default server against ``--max_batch_size 1``, interleaved: each round runs, on each server
+    in turn (the order alternating), ``lone_requests`` at concurrency 1 (latency, server CPU per
+    request) then ``loaded_requests`` at ``loaded_concurrency`` (throughput)."""
+    lone: dict[str, list[float]] = {key: [] for key in servers}
+    cpu = {key: 0.0 for key in servers}
+    loaded_wall = {key: 0.0 for key in servers}
+    batches: dict[str, list[float]] = {key: [0.0, 0.0] for key in servers}
+    for server in servers.values():  # warm-up: connections, first-call costs
+        closed_loop(lambda s=server: make_client(s), 1, 3, infer_args)
+    for round_index in range(rounds):
+        order = list(servers) if round_index % 2 == 0 else list(reversed(servers))
+        for key in order:
+            server = servers[key]
+            cpu_before = server.cpu_seconds()
+            level = closed_loop(lambda s=server: make_client(s), 1, lone_requests, infer_args, keep_samples=True)
+            cpu[key] += server.cpu_seconds() - cpu_before
+            lone[key] += level["samples_s"]
+            before = server.metrics()
+            level = closed_loop(lambda s=server: make_client(s), loaded_concurrency, loaded_requests, infer_args)
+            after = server.metrics()
+            loaded_wall[key] += level["wall_s"]
+            for index, name in enumerate(("predictor_batch_size_count", "predictor_batch_size_sum")):
+                batches[key][index] += after.get(name, 0) - before.get(name, 0)
+    result: dict[str, Any] = {"servers": {}}
+    for key in servers:
+        stats = summarize(lone[key])
+        result["servers"][key] = {
+            "c1_p50_ms": stats["p50_ms"],
+            "c1_p90_ms": stats["p90_ms"],
+            "c1_cpu_ms_per_request": round(1000 * cpu[key] / len(lone[key]), 3),
+            f"c{loaded_concurrency}_requests_per_s": round(rounds * loaded_requests / loaded_wall[key], 2),
+            f"c{loaded_concurrency}_mean_batch": round(batches[key][1] / batches[key][0], 2)
+            if batches[key][0]
+            else None,
+        }
+    default, one = (result["servers"][key] for key in DEFAULT_VS_ONE)
+    result["c1_p50_ratio"] = round(default["c1_p50_ms"] / one["c1_p50_ms"], 3)
+    rate = f"c{loaded_concurrency}_requests_per_s"
+    result[f"c{loaded_concurrency}_throughput_ratio"] = round(default[rate] / one[rate], 3)
+    result["rounds"], result["lone_requests"], result["loaded_requests"] = rounds, lone_requests, loaded_requests
+    return result
+
+
+def build_tiny_classifier(directory: Path, env: dict[str, str]) -> str:
+    """predictor.tiny_models' tiny BERT text classifier, built in a subprocess (it imports transformers)."""
+    subprocess.run(
+        [sys.executable, "-m", "predictor.tiny_models", str(directory), "--task", "text-classification"],
+        cwd=REPO, env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    return str(directory)
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -604,7 +699,37 @@ def markdown_tables(report: dict) -> str:
                 f"{_fmt(stats['queue_depth_midway'], 0)} |"
             )
         lines.append(f"Goal p99 < {READY_P99_GOAL_MS:.0f} ms: {_met(ready['goal_met'])}.")
+    if "default_vs_one" in report:
+        lines += default_vs_one_markdown(report["default_vs_one"])
     return "\n".join(lines) + "\n"
+
+
+def default_vs_one_markdown(section: dict) -> list[str]:
+    model = next(iter(section["models"].values()))
+    lines = [
+        "",
+        f"(d) Default server against `--max_batch_size 1`, REST, {model['rounds']} interleaved round(s) of "
+        "concurrency 1 then 16 on each server",
+        "",
+        "| model | server | c=1 p50 ms | c=1 p90 ms | c=1 server CPU ms/request | c=16 requests/s | c=16 mean batch |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for model_key, measured in section["models"].items():
+        for key, stats in measured["servers"].items():
+            lines.append(
+                f"| {model_key} | {section['servers'][key]} | {_fmt(stats['c1_p50_ms'], 2)} | "
+                f"{_fmt(stats['c1_p90_ms'], 2)} | {_fmt(stats['c1_cpu_ms_per_request'], 2)} | "
+                f"{_fmt(stats['c16_requests_per_s'], 1)} | {_fmt(stats['c16_mean_batch'], 2)} |"
+            )
+    lines.append("")
+    for model_key, measured in section["models"].items():
+        goal = section["goals"]["c16_throughput_ratio_min"].get(model_key, 2.0)
+        lines.append(
+            f"{model_key}: c=1 p50 default / max_batch_size 1 = {measured['c1_p50_ratio']:.3f} (goal <= "
+            f"{LONE_P50_GOAL}: {_met(measured['goal_met']['c1_p50'])}); c=16 throughput ratio "
+            f"{measured['c16_throughput_ratio']:.2f} (goal >= {goal}: {_met(measured['goal_met']['c16_throughput'])})."
+        )
+    return lines
 
 
 def _met(value: bool | None) -> str:
@@ -642,7 +767,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="torch intra-op threads in this process and the servers (OMP_NUM_THREADS); 0: torch's default here.",
     )
-    parser.add_argument("--parts", default="a,b,c", help="Which measurements to run, e.g. 'a' or 'a,c'.")
+    parser.add_argument("--parts", default="a,b,c,d", help="Which measurements to run, e.g. 'a' or 'a,d'.")
+    parser.add_argument("--d_rounds", type=int, default=3, help="Interleaved rounds of (d).")
     parser.add_argument("--quick", action="store_true", help="Tiny counts: a smoke run, not a measurement.")
     parser.add_argument("--out", default=None, help="Directory for bench.json, bench.md and the server logs.")
     parser.add_argument(
@@ -675,9 +801,10 @@ def _install_signal_cleanup() -> None:
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict:
     parts = {part.strip() for part in args.parts.split(",") if part.strip()}
-    if not parts <= {"a", "b", "c"}:
-        raise SystemExit(f"predictor.bench: --parts takes a, b and c, got {args.parts!r}")
+    if not parts <= {"a", "b", "c", "d"}:
+        raise SystemExit(f"predictor.bench: --parts takes a, b, c and d, got {args.parts!r}")
     if args.quick:
+        args.d_rounds = 1
         args.repeats = min(args.repeats, 3)
         args.requests = min(args.requests, 16)
         args.ready_steps = min(args.ready_steps, 2)
@@ -719,7 +846,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             "no_batching": ServerSpec("no batching (max_batch_size 1)", 1, 0.0),
         }
         servers: dict[str, Server] = {}
-        for key, spec in specs.items():
+        for key, spec in specs.items() if parts & {"a", "b", "c"} else ():
             server = Server(spec, model_dir, device, args.dtype, out_dir / f"server-{key}.log", env, extra)
             stack.callback(server.stop)
             atexit.register(server.stop)
@@ -871,6 +998,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
                 "goal_met": (max(p99s) < READY_P99_GOAL_MS) if p99s else None,
             }
 
+        if "d" in parts:
+            for server in servers.values():  # (a)-(c) are over: their servers must not share the CPU with (d)
+                server.stop()
+            report["default_vs_one"] = run_default_vs_one(args, model_dir, scratch, out_dir, env, extra, device, stack)
+
         report["meta"]["duration_s"] = round(time.time() - started_at, 1)
         report["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         if "kserve" in sys.modules:  # would break tritonclient.grpc in this process
@@ -884,6 +1016,64 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             (out_dir / "bench.md").write_text(f"`{report['meta']['command']}`\n\n" + markdown)
             print(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.md'}")
         return report
+
+
+def run_default_vs_one(
+    args: argparse.Namespace, sd_dir: str, scratch: Path, out_dir: Path, env: dict[str, str], extra: list[str],
+    device: str, stack: ExitStack,
+) -> dict:  # fmt: skip
+    """(d): on the tiny SD model and the tiny classifier, the default server against --max_batch_size 1."""
+    print("(d) default server vs --max_batch_size 1 (tiny SD, tiny classifier), interleaved ...", flush=True)
+    image = {"steps": args.steps, "height": args.height, "width": args.width}
+    sd_key = "sd_model" if args.model_dir else "tiny_sd"
+    models = {
+        sd_key: (sd_dir, lambda server: RestClient(server.http), image, (40, 96)),
+        "tiny_classifier": (
+            build_tiny_classifier(scratch / "tiny-classifier", env),
+            lambda server: FixedBodyClient(server.http, CLASSIFIER_BODY), {}, (150, 320),
+        ),
+    }  # fmt: skip
+    specs = {
+        "default": ServerSpec("default flags", None, None),
+        "max_batch_size_1": ServerSpec("--max_batch_size 1", 1, None),
+    }
+    servers: dict[str, dict[str, Server]] = {}
+    for model_key, (model_dir, *_rest) in models.items():
+        servers[model_key] = {}
+        for key, spec in specs.items():
+            server = Server(
+                spec, model_dir, device, args.dtype, out_dir / f"server-d-{model_key}-{key}.log", env, extra
+            )
+            stack.callback(server.stop)
+            atexit.register(server.stop)
+            server.start()
+            servers[model_key][key] = server
+    for pair in servers.values():
+        for server in pair.values():
+            server.wait_ready(args.startup_timeout)
+    result: dict[str, Any] = {
+        "servers": {key: spec.label for key, spec in specs.items()},
+        "goals": {"c1_p50_ratio_max": LONE_P50_GOAL, "c16_throughput_ratio_min": THROUGHPUT_GOALS},
+        "models": {},
+    }
+    for model_key, (_dir, make_client, infer_args, (lone, loaded)) in models.items():
+        if args.quick:
+            lone, loaded = 4, 16
+        measured = default_vs_one(servers[model_key], make_client, infer_args, args.d_rounds, lone, loaded)
+        goal = THROUGHPUT_GOALS.get(model_key, 2.0)
+        measured["goal_met"] = {
+            "c1_p50": measured["c1_p50_ratio"] <= LONE_P50_GOAL,
+            "c16_throughput": measured["c16_throughput_ratio"] >= goal,
+        }
+        result["models"][model_key] = measured
+        for server in servers[model_key].values():
+            server.stop()
+        print(
+            f"  {model_key:<16} c=1 p50 ratio {measured['c1_p50_ratio']:.3f}  "
+            f"c=16 throughput ratio {measured['c16_throughput_ratio']:.2f}",
+            flush=True,
+        )
+    return result
 
 
 def _print_section(report: dict, key: str) -> None:

@@ -241,6 +241,8 @@ class LifecycleModelServer(ModelServer):
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self._rest_server is not None and not self.enable_latency_logging:
+            _without_request_timing(self._rest_server)
         await asyncio.gather(*self.servers, self._take_over_shutdown_signals())
         # Both servers have stopped: nothing is in flight any more, the models may go.
         for name in list(self.registered_models.get_models()):
@@ -296,3 +298,18 @@ class LifecycleModelServer(ModelServer):
         if self._grpc_server is not None:
             self._grpc_server._grace_period = FLUSH_GRACE_S
             await self._grpc_server.stop()
+
+
+def _without_request_timing(rest_server) -> None:
+    """Leave out kserve's TimingMiddleware, whose only output is two ``kserve.trace`` log lines per
+    request (wall and CPU time): kserve 0.21 adds it unconditionally in ``RESTServer._add_middlewares``,
+    which ``RESTServer.start`` calls (through ``create_application``) when the server starts."""
+    from timing_asgi import TimingMiddleware
+
+    add_middlewares = rest_server._add_middlewares
+
+    def add_middlewares_without_timing(app) -> None:
+        add_middlewares(app)
+        app.user_middleware[:] = [entry for entry in app.user_middleware if entry.cls is not TimingMiddleware]
+
+    rest_server._add_middlewares = add_middlewares_without_timing

@@ -241,7 +241,7 @@ class PredictorModel(Model):
         items = await self.task.off_loop(self.task.parse_v2, request)
         results = await self.batcher.submit(items)
         binary = bool(request.use_binary_outputs)
-        outputs = await asyncio.get_running_loop().run_in_executor(self.encoder, self.task.v2_outputs, results, binary)
+        outputs = await self._encode(results, self.task.v2_outputs, results, binary)
         return InferResponse(
             response_id=request.id or str(uuid.uuid4()),
             model_name=self.name,
@@ -255,8 +255,14 @@ class PredictorModel(Model):
     async def _predict_v1(self, body: dict) -> dict:
         items = await self.task.off_loop(self.task.parse_v1, body)
         results = await self.batcher.submit(items)
-        predictions = await asyncio.get_running_loop().run_in_executor(self.encoder, self.task.v1_predictions, results)
+        predictions = await self._encode(results, self.task.v1_predictions, results)
         return {"predictions": predictions, "parameters": dict(self.served_by)}
+
+    async def _encode(self, results: list[Any], encode: Callable[..., Any], *args: Any) -> Any:
+        """Small results are encoded right here; large ones (PNGs of big images) on the encoder pool."""
+        if self.task.encodes_inline(results):
+            return encode(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.encoder, encode, *args)
 
     def _observe_batch(self, stats: BatchStats) -> None:
         metrics.BATCH_SIZE.labels(**self.labels).observe(stats.size)

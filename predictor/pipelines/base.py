@@ -46,6 +46,11 @@ class Task(ABC):
         override it to run on their own thread, so the event loop keeps answering health checks."""
         return function(*args, **kwargs)
 
+    def encodes_inline(self, results: Sequence[Any]) -> bool:
+        """True when encoding these results costs less than the two thread hops of the encoder pool
+        (labels, scores, a small image): the model then encodes them on the event loop."""
+        return False
+
     def warmup_batches(self) -> list[list[Any]]:
         """Every batch to run before the model reports ready (one per shape a compiled model accepts)."""
         return [self.warmup_items()]

@@ -73,6 +73,8 @@ class TransformersBackend:
         import torch
 
         with torch.inference_mode():
+            if len(inputs) == 1:  # a lone input skips the pipeline's DataLoader (transformers Pipeline.run_single)
+                return [self.pipeline(inputs[0], **kwargs)]
             return self.pipeline(inputs, batch_size=len(inputs), **kwargs)
 
     def detect(self, images: list, threshold: float) -> list[list[dict]]:
@@ -281,6 +283,9 @@ class _ClassifierTask(Task):
                 tuple(str(entry["label"]) for entry in scored), tuple(float(entry["score"]) for entry in scored)
             )
         return results
+
+    def encodes_inline(self, results: Sequence[Any]) -> bool:
+        return True  # a few labels and scores
 
     def v2_outputs(self, results: Sequence[Any], binary: bool) -> list[InferOutput]:
         raise_image_errors(results)

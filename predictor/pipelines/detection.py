@@ -125,6 +125,9 @@ class ObjectDetectionTask(Task):
             ]
         return results
 
+    def encodes_inline(self, results: Sequence[Any]) -> bool:
+        return True  # boxes, labels and scores
+
     def v2_outputs(self, results: Sequence[Any], binary: bool) -> list[InferOutput]:
         raise_image_errors(results)
         flat = [(index, detection) for index, found in enumerate(results) for detection in found]

@@ -30,6 +30,7 @@ from predictor.pipelines.base import Task
 
 logger = logging.getLogger(__name__)
 
+INLINE_ENCODE_PIXELS = 128 * 128  # results up to this many pixels are encoded on the event loop
 PARAMETER_NAMES = ("num_inference_steps", "guidance_scale", "height", "width", "seed")
 MAX_GUIDANCE_SCALE = 50.0
 MAX_PROMPT_CHARS = 4096
@@ -381,6 +382,10 @@ class TextToImageTask(Task):
         )
 
     # ---------------------------------------------------------------- encoding
+
+    def encodes_inline(self, results) -> bool:
+        # PNG + base64 of a 64x64 image: ~0.5 ms (docs/benchmarks.md); larger ones go to the encoder pool.
+        return sum(image.width * image.height for image in results) <= INLINE_ENCODE_PIXELS
 
     def v2_outputs(self, results, binary: bool) -> list[InferOutput]:
         encoded = [encode_png(image) for image in results]

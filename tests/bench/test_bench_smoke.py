@@ -31,7 +31,7 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=480,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     report = json.loads((out / "bench.json").read_text())
@@ -71,6 +71,17 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
         assert stats["n"] > 0 and stats["failures"] == 0
         assert all(_positive(stats[key]) for key in ("p50_ms", "p99_ms", "max_ms"))
     assert isinstance(report["ready"]["goal_met"], bool)
+
+    # (d): the default server against --max_batch_size 1, on both tiny models
+    section = report["default_vs_one"]
+    assert set(section["models"]) == {"tiny_sd", "tiny_classifier"}
+    for measured in section["models"].values():
+        assert set(measured["servers"]) == {"default", "max_batch_size_1"}
+        for stats in measured["servers"].values():
+            assert all(_positive(stats[key]) for key in ("c1_p50_ms", "c1_cpu_ms_per_request", "c16_requests_per_s"))
+        assert _positive(measured["c1_p50_ratio"]) and _positive(measured["c16_throughput_ratio"])
+        assert set(measured["goal_met"]) == {"c1_p50", "c16_throughput"}
+    assert "(d) Default server against `--max_batch_size 1`" in (out / "bench.md").read_text()
 
     # the benchmark stopped its servers: no predictor it started is left behind
     for server_args in meta["servers"].values():

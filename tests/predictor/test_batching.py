@@ -169,3 +169,180 @@ def test_event_loop_stays_responsive_while_a_batch_runs():
         return lag
 
     assert run(scenario()) < 0.2
+
+
+# ---------------------------------------------------------------- an idle device never waits
+#
+# These tests decide nothing by timing: a fake device that the test opens and closes, a fake clock,
+# and batch_wait_s far longer than any test (a batcher that waited would hit the guard timeout).
+
+GUARD_S = 10.0  # a safety net against a hang; no assertion depends on it
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class GatedDevice:
+    """A fake device: records each call; blocks while closed; each call advances the fake clock."""
+
+    def __init__(self, clock: FakeClock, call_seconds: float = 1.0):
+        self.clock = clock
+        self.call_seconds = call_seconds
+        self.calls: list[list[str]] = []
+        self.open = threading.Event()
+        self.open.set()
+        self.entered = threading.Semaphore(0)
+
+    def __call__(self, items):
+        self.calls.append([text for _, text in items])
+        self.entered.release()
+        assert self.open.wait(GUARD_S)
+        self.clock.now += self.call_seconds
+        return [text.upper() for _, text in items]
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.acquire, True, GUARD_S), "the device was never called"
+
+
+def gated(max_batch_size=4, batch_wait_s=3600.0, call_seconds=1.0):
+    clock = FakeClock()
+    device = GatedDevice(clock, call_seconds)
+    stats = []
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+    batcher = DynamicBatcher(
+        device, lambda item: item[0], executor, max_batch_size=max_batch_size, batch_wait_s=batch_wait_s,
+        max_queue_size=64, on_batch=stats.append, clock=clock,
+    )  # fmt: skip
+    return batcher, device, clock, stats
+
+
+def run_guarded(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, GUARD_S))
+
+
+async def settle():
+    """Let every ready task (the dispatcher included) run until it blocks."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_an_idle_batcher_runs_a_lone_request_at_once_whatever_batch_wait_says():
+    batcher, device, _, stats = gated(batch_wait_s=3600.0)
+
+    assert run_guarded(batcher.submit([("k", "alone")])) == ["ALONE"]
+    assert device.calls == [["alone"]]
+    assert stats[0].held_s == 0 and stats[0].queue_waits == (0.0,)
+
+
+def test_requests_arriving_while_the_device_is_busy_form_the_next_batch_without_waiting():
+    batcher, device, _, stats = gated(max_batch_size=8)
+
+    async def scenario():
+        device.open.clear()
+        first = asyncio.ensure_future(batcher.submit([("k", "a")]))
+        await device.wait_entered()  # "a" runs; the device is busy
+        queued = [asyncio.ensure_future(batcher.submit([("k", text)])) for text in ("b", "c", "d")]
+        await settle()
+        device.open.set()
+        return await asyncio.gather(first, *queued)
+
+    assert run_guarded(scenario()) == [["A"], ["B"], ["C"], ["D"]]
+    assert device.calls == [["a"], ["b", "c", "d"]]
+    assert [batch.held_s for batch in stats] == [0, 0]
+
+
+def test_a_full_queue_is_split_into_max_batch_size_calls_back_to_back():
+    batcher, device, _, stats = gated(max_batch_size=2)
+
+    async def scenario():
+        device.open.clear()
+        first = asyncio.ensure_future(batcher.submit([("k", "a")]))
+        await device.wait_entered()
+        queued = [asyncio.ensure_future(batcher.submit([("k", text)])) for text in "bcde"]
+        await settle()
+        device.open.set()
+        await asyncio.gather(first, *queued)
+
+    run_guarded(scenario())
+    assert device.calls == [["a"], ["b", "c"], ["d", "e"]]
+    assert all(batch.held_s == 0 for batch in stats)
+
+
+def test_items_with_incompatible_parameters_never_wait_for_each_other():
+    batcher, device, _, stats = gated()
+
+    async def scenario():
+        device.open.clear()
+        first = asyncio.ensure_future(batcher.submit([("64x64", "a0")]))
+        await device.wait_entered()
+        queued = [
+            asyncio.ensure_future(batcher.submit([item]))
+            for item in (("64x64", "a1"), ("128x128", "b1"), ("64x64", "a2"))
+        ]
+        await settle()
+        device.open.set()
+        await asyncio.gather(first, *queued)
+
+    run_guarded(scenario())
+    assert device.calls == [["a0"], ["a1", "a2"], ["b1"]]
+    assert all(batch.held_s == 0 for batch in stats)
+
+
+def test_right_after_a_batch_of_several_the_queue_is_held_for_as_many_as_came_before():
+    # A closed loop of 3 clients: their next requests arrive one by one after the batch of 3.
+    batcher, device, _, stats = gated(max_batch_size=8, batch_wait_s=30.0, call_seconds=30.0)
+
+    async def scenario():
+        await asyncio.gather(*(batcher.submit([("k", text)]) for text in "abc"))
+        later = []
+        for text in "def":
+            later.append(asyncio.ensure_future(batcher.submit([("k", text)])))
+            await settle()
+        await asyncio.gather(*later)
+
+    run_guarded(scenario())
+    assert device.calls == [["a", "b", "c"], ["d", "e", "f"]]
+
+
+def test_a_held_queue_runs_as_soon_as_an_item_with_other_parameters_arrives():
+    batcher, device, _, stats = gated(max_batch_size=8, batch_wait_s=30.0, call_seconds=30.0)
+
+    async def scenario():
+        await asyncio.gather(*(batcher.submit([("k", text)]) for text in "abc"))
+        held = asyncio.ensure_future(batcher.submit([("k", "d")]))
+        await settle()
+        assert device.calls == [["a", "b", "c"]]  # "d" is held for company
+        other = asyncio.ensure_future(batcher.submit([("other", "x")]))
+        await asyncio.gather(held, other)
+
+    run_guarded(scenario())
+    assert device.calls == [["a", "b", "c"], ["d"], ["x"]]
+
+
+def test_no_hold_once_the_last_batch_is_older_than_batch_wait():
+    batcher, device, clock, stats = gated(max_batch_size=8, batch_wait_s=0.5, call_seconds=30.0)
+
+    async def scenario():
+        await asyncio.gather(*(batcher.submit([("k", text)]) for text in "abc"))
+        clock.now += 0.5  # the clients went quiet for batch_wait
+        return await batcher.submit([("k", "d")])
+
+    assert run_guarded(scenario()) == ["D"]
+    assert device.calls == [["a", "b", "c"], ["d"]]
+    assert stats[-1].held_s == 0
+
+
+def test_batch_wait_zero_never_holds():
+    batcher, device, _, stats = gated(max_batch_size=8, batch_wait_s=0.0)
+
+    async def scenario():
+        await asyncio.gather(*(batcher.submit([("k", text)]) for text in "abc"))
+        return await batcher.submit([("k", "d")])
+
+    assert run_guarded(scenario()) == ["D"]
+    assert device.calls == [["a", "b", "c"], ["d"]]
