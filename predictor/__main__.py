@@ -52,6 +52,7 @@ def _use_engine_batching(model, task, args) -> None:
         args.max_queue_size,
         on_batch=model._observe_batch,
         on_depth=metrics.QUEUE_DEPTH.labels(**model.labels).set,
+        on_device_failure=model._device_failed,
     )
 
 

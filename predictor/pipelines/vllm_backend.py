@@ -42,6 +42,7 @@ from typing import Any
 from kserve.errors import InvalidInput
 
 from predictor.batching import BatchStats, QueueFullError
+from predictor.device_health import UNRECOVERABLE
 
 logger = logging.getLogger(__name__)
 
@@ -174,10 +175,12 @@ class EngineSubmitter:
     first token, running and waiting sequences) show it.
     """
 
-    def __init__(self, task: Any, max_queue_size: int, on_batch=None, on_depth=None):
+    def __init__(self, task: Any, max_queue_size: int, on_batch=None, on_depth=None, on_device_failure=None):
+        """``on_device_failure(kind, reason)``: told when the engine dies (the model then reports
+        not ready and not live, so Kubernetes restarts the pod, as for an unrecoverable device error)."""
         self.task = task
         self.max_queue_size = max_queue_size
-        self.on_batch, self.on_depth = on_batch, on_depth
+        self.on_batch, self.on_depth, self.on_device_failure = on_batch, on_depth, on_device_failure
         self.in_flight = 0
 
     def depth(self) -> int:
@@ -196,6 +199,10 @@ class EngineSubmitter:
         started = time.monotonic()
         try:
             results = await asyncio.gather(*(backend.generate_item(item) for item in items))
+        except Exception:
+            if getattr(backend, "dead", False) and self.on_device_failure is not None:
+                self.on_device_failure(UNRECOVERABLE, "the vLLM engine is dead (EngineDeadError); the pod must restart")
+            raise
         finally:
             self.in_flight -= len(items)
             self._report_depth()

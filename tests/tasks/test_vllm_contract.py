@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.tasks import test_text_generation as spec
 from tests.tasks.conftest import HERE, ROOT, Server, free_port
@@ -183,11 +184,15 @@ def test_engine_errors_map_to_http_statuses(vllm_server):
     assert ours.status_code == 400 and "context" in ours.json()["error"]
 
 
-def test_dead_engine_is_a_server_error_and_stays_one(vllm_server):
+def test_dead_engine_makes_the_pod_unready_and_not_live(vllm_server):
+    """vLLM cannot recover from EngineDeadError: like an unrecoverable device error, the pod must
+    restart, so readiness and liveness fail and later requests get 503 instead of 500s forever."""
     dead = spec._v2(vllm_server, ["ENGINE_DEAD now"], {"max_tokens": 3})
     assert dead.status_code == 500
+    assert requests.get(f"{vllm_server.url}/v2/models/llama/ready", timeout=10).status_code == 503
+    assert requests.get(f"{vllm_server.url}/v2/health/live", timeout=10).status_code == 503
     after = spec._v2(vllm_server, ["fine"], {"max_tokens": 3})
-    assert after.status_code == 500 and "dead" in after.text
+    assert after.status_code == 503 and "dead" in after.text
 
 
 def test_backend_vllm_without_vllm_exits_with_a_clear_message(hf_model):
