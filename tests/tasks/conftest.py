@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +91,37 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("tiny-models")
     return {task: build(task, root / task) for task in TASKS}
+
+
+@contextmanager
+def text_generation_server(
+    model_dir: Path, log_path: Path, extra_args: list[str], env: dict[str, str]
+) -> Iterator[Server]:
+    """``python -m predictor`` serving model ``llama`` from ``model_dir`` on free loopback ports,
+    ready when entered; SIGTERM (then kill after 8 s) on exit."""
+    http_port, grpc_port = free_port(), free_port()
+    command = [
+        sys.executable, "-m", "predictor",
+        "--model_name", "llama",
+        "--model_dir", str(model_dir),
+        "--device", "cpu",
+        "--http_port", str(http_port),
+        "--grpc_port", str(grpc_port),
+        *extra_args,
+    ]  # fmt: skip
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = Server("text-generation", "llama", http_port, grpc_port, process, log_path)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.tasks import test_text_generation as spec
-from tests.tasks.conftest import ROOT, Server, free_port
+from tests.tasks.conftest import ROOT, text_generation_server
 
 
 def _require_llama_cpp():
@@ -45,32 +45,10 @@ def gguf_model(tmp_path_factory) -> Path:
 def generator(gguf_model, tmp_path_factory):
     """A server on the GGUF directory with no --backend: auto picks llama.cpp."""
     log_path = tmp_path_factory.mktemp("llama-logs") / "server.log"
-    http_port, grpc_port = free_port(), free_port()
-    command = [
-        sys.executable, "-m", "predictor",
-        "--model_name", "llama",
-        "--model_dir", str(gguf_model.parent),
-        "--device", "cpu",
-        "--http_port", str(http_port),
-        "--grpc_port", str(grpc_port),
-        "--max_batch_size", "4",
-        "--batch_wait_ms", "50",
-    ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop("PREDICTOR_BACKEND", None)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = Server("text-generation", "llama", http_port, grpc_port, process, log_path)
-    try:
-        server.wait_ready()
+    with text_generation_server(gguf_model.parent, log_path, ["--max_batch_size", "4", "--batch_wait_ms", "50"], env) as server:
         yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # The transformers path's protocol spec, run unchanged against the llama.cpp server.

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tests.tasks import test_text_generation as spec
-from tests.tasks.conftest import HERE, ROOT, Server, free_port
+from tests.tasks.conftest import HERE, ROOT, text_generation_server
 
 FAKE = HERE / "fake_vllm"
 
@@ -40,37 +40,15 @@ def engine_log(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def vllm_server(hf_model, engine_log, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    http_port, grpc_port = free_port(), free_port()
-    command = [
-        sys.executable, "-m", "predictor",
-        "--model_name", "llama",
-        "--model_dir", str(hf_model),
-        "--device", "cpu",
-        "--backend", "vllm",
-        "--http_port", str(http_port),
-        "--grpc_port", str(grpc_port),
-        "--max_batch_size", "4",
-        "--max_queue_size", "8",
-    ]  # fmt: skip
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": os.pathsep.join([str(FAKE), str(ROOT)]),
         "FAKE_VLLM_LOG": str(engine_log),
     }
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = Server("text-generation", "llama", http_port, grpc_port, process, log_path)
-    try:
-        server.wait_ready()
+    extra_args = ["--backend", "vllm", "--max_batch_size", "4", "--max_queue_size", "8"]
+    with text_generation_server(hf_model, log_path, extra_args, env) as server:
         yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _calls(engine_log: Path, event: str | None = None) -> list[dict]:
