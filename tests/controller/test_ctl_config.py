@@ -1,10 +1,13 @@
 """Config parsing: defaults, the example file, and errors that name the offending key."""
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
+from pydantic import BaseModel, ValidationError
 
-from controller.config import ConfigError, ControllerConfig, Timing, load_config, parse_config
+from controller.config import ConfigError, ControllerConfig, Prometheus, Timing, Unit, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -137,3 +140,104 @@ def test_throughput_unit_is_per_second_unless_the_config_says_per_minute():
     assert parse_config({**base, "throughput_per": "minute"}).per_second == 60
     with pytest.raises(ConfigError, match="throughput_per: must be one of second, minute"):
         parse_config({**base, "throughput_per": "hour"})
+
+
+GOLDEN = Path(__file__).with_name("ctl_config_golden.json")
+PROM_ENV = " with TRAFFIC_CONTROLLER_PROMETHEUS_URL="
+
+
+def shipped_configs() -> list[str]:
+    """Every controller config the repository ships: YAML files with a top-level ``units`` list."""
+    found = []
+    for path in sorted([*ROOT.glob("controller/deploy/*.yaml"), *ROOT.glob("examples/**/*.yaml")]):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and isinstance(doc.get("units"), list):
+                found.append(str(path.relative_to(ROOT)))
+    return found
+
+
+def as_plain(value):
+    """JSON's view of a parsed config (tuples become lists), as stored in the golden file."""
+    return json.loads(json.dumps(value))
+
+
+def test_golden_covers_every_shipped_config():
+    golden = json.loads(GOLDEN.read_text())
+    assert shipped_configs() == sorted(k for k in golden if PROM_ENV not in k)
+
+
+@pytest.mark.parametrize("key", sorted(json.loads(GOLDEN.read_text())))
+def test_shipped_config_parses_to_the_values_the_hand_written_parser_gave(key):
+    """ctl_config_golden.json holds what the hand-written parser (before pydantic) built from
+    each shipped config, field by field; the file format did not change."""
+    path, _, url = key.partition(PROM_ENV)
+    env = {"TRAFFIC_CONTROLLER_PROMETHEUS_URL": url} if url else None
+    cfg = load_config(ROOT / path, env=env)
+    assert as_plain(cfg.model_dump()) == json.loads(GOLDEN.read_text())[key]
+
+
+def test_every_error_in_the_file_is_reported_with_its_key_path():
+    data = minimal()
+    data["units"][1]["price_per_hour"] = -2
+    data["units"][0]["max_replicas"] = "many"
+    data["timing"] = {"api_retries": 21}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert str(err.value).split("; ") == [
+        "units[0].max_replicas: must be an integer, got 'many'",
+        "units[1].price_per_hour: must be > 0",
+        "timing.api_retries: must be <= 20",
+    ]
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("5", "must be a number, got '5'"),  # YAML "5" is a string: no silent conversion
+        (True, "must be a number, got True"),
+        (float("nan"), "must be finite"),
+    ],
+)
+def test_numbers_must_be_yaml_numbers(value, message):
+    data = minimal()
+    data["units"][0]["latency_s"] = value
+    with pytest.raises(ConfigError, match=rf"^units\[0\]\.latency_s: {message}"):
+        parse_config(data)
+
+
+def test_integral_floats_are_integers_and_null_sections_take_defaults():
+    data = minimal()
+    data["units"][0]["max_replicas"] = 4.0
+    data.update(timing=None, prewarm=None, lease=None)
+    cfg = parse_config(data)
+    assert cfg.units[0].max_replicas == 4 and isinstance(cfg.units[0].max_replicas, int)
+    assert cfg.timing == Timing() and cfg.lease.namespace == "sd21"
+
+
+def test_measured_demand_makes_merit_order_the_default_strategy():
+    data = minimal()
+    data["prewarm"] = {"enabled": True}
+    assert parse_config(data).routing.strategy == "proportional"
+    data["prometheus"] = {"url": "http://prometheus:9090/"}
+    cfg = parse_config(data)
+    assert cfg.routing.strategy == "merit-order" and cfg.prometheus.url == "http://prometheus:9090"
+
+
+def test_config_is_immutable():
+    cfg = parse_config(minimal())
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.units[0].max_replicas = 99
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.timing = Timing(interval_s=1)
+
+
+def section_models():
+    return [ControllerConfig, *{f.annotation for f in ControllerConfig.model_fields.values()
+                                if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)},
+            Prometheus, Unit]
+
+
+@pytest.mark.parametrize("model", section_models(), ids=lambda m: m.__name__)
+def test_every_key_is_documented_where_it_is_declared(model):
+    undocumented = [name for name, f in model.model_fields.items() if not f.description]
+    assert undocumented == []
