@@ -22,7 +22,7 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 
-from controller.config import ConfigError, ControllerConfig, load_config
+from controller.config import ConfigError, ControllerConfig, Unit, load_config
 from controller.simulator.dispatch import (
     blended_cost,
     container_concurrency,
@@ -94,6 +94,34 @@ def _labelled(spec: str, index: int) -> tuple[str, str]:
     return spec.strip() or f"custom-{index}", spec
 
 
+def _unit_row(u: Unit, utilisation: float, cpi: float, adjusted: float, capacity_rps: float,
+              dispatch_rps: float | None) -> dict:
+    """One unit's row of the plan; with a demand, its share of the merit-order dispatch."""
+    st = scale_target(u.max_throughput, utilisation)
+    row = {
+        "name": u.name,
+        "pool": u.pool,
+        "instance_type": u.instance_type,
+        "price_per_hour": u.price_per_hour,
+        "max_throughput": u.max_throughput,
+        "latency_s": u.latency_s,
+        "max_replicas": u.max_replicas,
+        "cost_per_inference": cpi,
+        "usd_per_million_requests": u.price_per_hour / 3600.0 / u.max_throughput * 1e6,
+        "adjusted_throughput": adjusted,
+        "capacity_rps": capacity_rps,
+        "scale_target": st,
+        "scale_metric": "rps",
+        "container_concurrency": container_concurrency(u.max_throughput, u.latency_s),
+    }
+    if dispatch_rps is not None:
+        need = replicas_for(dispatch_rps, st)
+        row["dispatch_rps"] = dispatch_rps
+        row["replicas"] = min(need, u.max_replicas)
+        row["above_target"] = need > u.max_replicas  # must run above target utilisation
+    return row
+
+
 def build_plan(
     config: ControllerConfig,
     demand: float | None = None,
@@ -137,32 +165,8 @@ def build_plan(
             raise ValueError(f"weights label {label!r} is taken")
         weights[label] = {u.name: int(w.get(u.name, 0)) for u in units}
 
-    rows = []
-    for u in units:
-        st = scale_target(u.max_throughput, utilisation)
-        row = {
-            "name": u.name,
-            "pool": u.pool,
-            "instance_type": u.instance_type,
-            "price_per_hour": u.price_per_hour,
-            "max_throughput": u.max_throughput,
-            "latency_s": u.latency_s,
-            "max_replicas": u.max_replicas,
-            "cost_per_inference": cpi[u.name],
-            "usd_per_million_requests": u.price_per_hour / 3600.0 / u.max_throughput * 1e6,
-            "adjusted_throughput": adjusted[u.name],
-            "capacity_rps": capacity_rps[u.name],
-            "scale_target": st,
-            "scale_metric": "rps",
-            "container_concurrency": container_concurrency(u.max_throughput, u.latency_s),
-        }
-        if dispatch is not None:
-            rps = dispatch.allocation[u.name]
-            need = replicas_for(rps, st)
-            row["dispatch_rps"] = rps
-            row["replicas"] = min(need, u.max_replicas)
-            row["above_target"] = need > u.max_replicas  # must run above target utilisation
-        rows.append(row)
+    rows = [_unit_row(u, utilisation, cpi[u.name], adjusted[u.name], capacity_rps[u.name],
+                      dispatch.allocation[u.name] if dispatch is not None else None) for u in units]
 
     return {
         "config": {"units": len(units), "router": f"{config.router.kind}/{config.router.name}"},
