@@ -82,8 +82,23 @@ def format_table(summary: dict) -> str:
     return "\n".join(out)
 
 
+def _plots_unavailable(args: argparse.Namespace) -> str | None:
+    """Why the plots asked for cannot be drawn (matplotlib comes with the ``plots`` extra), or None."""
+    if args.no_plots:
+        return None
+    try:
+        import matplotlib  # noqa: F401  (only to check it is there; plots.py imports it when drawing)
+    except ImportError:
+        return "error: plots need matplotlib (pip install 'hw-agnostic-inference[plots]'), or pass --no-plots"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    no_plots = _plots_unavailable(args)
+    if no_plots:
+        print(no_plots, file=sys.stderr)
+        return 2
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     bad = [p for p in policies if p not in POLICIES]
     if bad or not policies:
