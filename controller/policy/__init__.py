@@ -18,7 +18,7 @@ cannot make the weights oscillate.
 The package is laid out by job: :mod:`~controller.policy.model` (signals, state, decision),
 :mod:`~controller.policy.demand` (measured or estimated demand), one module per strategy, and here
 :func:`decide`, which holds on stale signals and otherwise asks the configured strategy. The
-controller (:mod:`controller.loop`) and the simulator both call :func:`decide`.
+controller (through :func:`controller.reconcile.plan`) and the simulator both call :func:`decide`.
 """
 
 from __future__ import annotations
