@@ -174,7 +174,7 @@ def _hand_edit(
     notes: tuple[tuple[int, str], ...],
 ) -> Plan:
     """Weights changed by hand: pause (so the edit is never overwritten) and say so, on the router and in an Event."""
-    hand_set_others = {k: v for k, v in view.others.items() if v}
+    hand_set_others = view.hand_set_others
     extra = f" and {fmt_weights(hand_set_others)} outside the configured units" if hand_set_others else ""
     msg = (
         f"weights were changed by hand ({fmt_weights(applied)} -> {fmt_weights(view.weights)}{extra}); pausing. "
@@ -201,7 +201,7 @@ def _act(
     writes: list[Write] = []
     if decision.prewarm:
         writes.append(SetFloors(dict(decision.prewarm)))
-    hand_set_others = {k: v for k, v in view.others.items() if v}
+    hand_set_others = view.hand_set_others
     change = decision.weights != view.weights or bool(hand_set_others)
     if hand_set_others:
         notes += ((logging.WARNING, f"router entries outside the configured units carry weight "

@@ -77,6 +77,11 @@ class RouterView:
     others: dict[str, int] = field(default_factory=dict)
 
     @property
+    def hand_set_others(self) -> dict[str, int]:
+        """Entries outside the configured units that carry weight: only a person puts it there."""
+        return {k: v for k, v in self.others.items() if v}
+
+    @property
     def paused(self) -> bool:
         return str(self.annotations.get(PAUSED, "")).strip().lower() in ("true", "1", "yes")
 
