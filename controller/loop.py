@@ -182,11 +182,15 @@ class Controller:
             self.metrics.leader.set(1)
             return True
         leader = self.elector.tick()
+        self._lease_metrics(leader)
+        return leader
+
+    def _lease_metrics(self, leader: bool) -> None:
+        assert self.elector is not None
         self.metrics.leader.set(1 if leader else 0)
         self.metrics.api_ok(self.elector.api_reachable)
         if not self.elector.api_reachable:
             self.metrics.errors.labels("lease").inc()
-        return leader
 
     def step(self) -> Result:
         """Lease tick, then one reconcile (what --once and the tests use)."""
@@ -268,10 +272,7 @@ class Controller:
         if self.elector is not None:
 
             def on_tick(leader: bool) -> None:
-                self.metrics.leader.set(1 if leader else 0)
-                self.metrics.api_ok(self.elector.api_reachable)
-                if not self.elector.api_reachable:
-                    self.metrics.errors.labels("lease").inc()
+                self._lease_metrics(leader)
                 if leader:
                     became_leader.set()
 
