@@ -94,15 +94,6 @@ def _labelled(spec: str, index: int) -> tuple[str, str]:
     return spec.strip() or f"custom-{index}", spec
 
 
-def _check_plan_args(demand: float | None, utilisation: float, fill: str) -> None:
-    if not 0 < utilisation <= 1:
-        raise ValueError("utilisation must be in (0, 1]")
-    if fill not in FILLS:
-        raise ValueError(f"fill must be one of {', '.join(FILLS)}")
-    if demand is not None and (not math.isfinite(demand) or demand < 0):
-        raise ValueError("demand must be a finite number >= 0")
-
-
 def build_plan(
     config: ControllerConfig,
     demand: float | None = None,
@@ -116,7 +107,12 @@ def build_plan(
     max_throughput, the default) or ``target`` (max_replicas x scale target: no unit is asked to
     run above its scale target).
     """
-    _check_plan_args(demand, utilisation, fill)
+    if not 0 < utilisation <= 1:
+        raise ValueError("utilisation must be in (0, 1]")
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {', '.join(FILLS)}")
+    if demand is not None and (not math.isfinite(demand) or demand < 0):
+        raise ValueError("demand must be a finite number >= 0")
     units = list(config.units)
     cpi = {u.name: cost_per_inference(u) for u in units}
     adjusted = adjusted_throughput(units)
