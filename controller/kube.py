@@ -5,9 +5,10 @@ client's), asks for the raw response (``_preload_content=False``) and returns pl
 built-in and custom resources are handled alike. Patches are JSON merge patches (custom resources
 refuse strategic merge patch with 415).
 
-One retry policy for every call, here and nowhere else: each request has a timeout, and
-transient failures (429, 5xx, timeouts, connection errors) are retried with exponential backoff
-(:attr:`Kube.backoff`). Lease calls are not retried: the elector's own timer is their retry.
+One retry policy (:class:`Backoff`) for every call, applied here and nowhere else: each request has
+a timeout, and transient failures (429, 5xx, timeouts, connection errors) are retried with
+exponential backoff (:attr:`Kube.backoff`). The run loop waits the same backoff before it tries a
+failed reconcile again. Lease calls are not retried: the elector's own timer is their retry.
 
 Every write except to the Lease first passes :attr:`Kube.fence` (set by the leader elector), before
 each attempt: a replica that is not, or no longer, the leader raises :class:`NotLeader` instead of
@@ -58,8 +59,13 @@ class Backoff:
     initial_s: float = 1.0
     max_s: float = 30.0
 
+    def delay(self, failures: int) -> float:
+        """The wait after ``failures`` failures in a row (1, 2, ...): doubling, capped at max_s."""
+        return min(self.max_s, self.initial_s * 2 ** (failures - 1))
+
     def delays(self) -> list[float]:
-        return [min(self.max_s, self.initial_s * 2**i) for i in range(self.retries)]
+        """The waits before each of the ``retries`` retries of one call."""
+        return [self.delay(i + 1) for i in range(self.retries)]
 
 
 def is_transient(exc: BaseException) -> bool:

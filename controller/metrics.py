@@ -45,7 +45,7 @@ CAPACITY_ERRORS = _P + "unit_capacity_errors"
 DECISIONS = _P + "decisions_total"
 PRICE_PER_HOUR = _P + "unit_price_per_hour"
 REPLICA_RPS = _P + "unit_replica_max_rps"
-# Decision.reason starts with one of these (controller/policy.py); the rest of the line carries
+# Decision.reason starts with one of these (controller/policy/); the rest of the line carries
 # numbers, so only the category becomes a label. "none": no decision (standby, unavailable, error).
 REASONS = ("cost-optimized", "capacity-optimized", "failover", "fallback", "stale")
 

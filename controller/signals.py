@@ -48,7 +48,6 @@ import json
 import logging
 import math
 import string
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -211,13 +210,11 @@ class KubernetesSignals:
         config: ControllerConfig,
         kube: Kube,
         demand: DemandSource | None = None,
-        sleep: Callable[[float], None] = time.sleep,
         on_error: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         self.config = config
         self.kube = kube
         self.demand = demand
-        self.sleep = sleep
         self.on_error = on_error or (lambda source, exc: None)
         # Events about cluster-scoped objects (NodeClaims, NodePools) are recorded in "default";
         # events about the units' pods in the units' namespaces. Listing only these keeps RBAC to Roles.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.actuators import PAUSED
+from controller.routers import PAUSED
 
 from .ctl_world import INTERVAL, NAMES, NS
 from .test_ctl_signals import _Prom

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from controller.actuators import APPLIED, PAUSED
+from controller.routers import APPLIED, PAUSED
 
 from .ctl_fakeapi import http_route
 from .ctl_world import COST_WEIGHTS, INTERVAL, NAMES, NS

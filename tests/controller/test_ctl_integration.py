@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.actuators import APPLIED, PAUSED, PAUSED_REASON, PREVIOUS, STATE
 from controller.policy import CAPACITY, COST
+from controller.routers import APPLIED, PAUSED, PAUSED_REASON, PREVIOUS, STATE
 
 from .ctl_world import COST_WEIGHTS, INTERVAL, NAMES, NS
 

@@ -286,7 +286,8 @@ def test_simulator_controller_calls_the_live_controllers_decide(seed_config, mon
 
 def test_live_loop_uses_the_same_decide_function():
     loop = pytest.importorskip("controller.loop")
-    assert loop.decide is core_policy.decide
+    reconcile = pytest.importorskip("controller.reconcile")  # the live loop plans each reconcile there
+    assert loop.plan is reconcile.plan and reconcile.decide is core_policy.decide
 
 
 def test_controller_switches_modes_as_decide_says(seed_config):
