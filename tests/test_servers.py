@@ -20,8 +20,9 @@ def python(code: str) -> list[str]:
 
 
 def test_a_server_that_exits_names_its_exit_code_and_shows_its_log_tail(tmp_path):
-    server = start_process(python("print('port already taken', flush=True); raise SystemExit(3)"),
-                           tmp_path / "s.log", name="fake server")
+    server = start_process(
+        python("print('port already taken', flush=True); raise SystemExit(3)"), tmp_path / "s.log", name="fake server"
+    )
     with pytest.raises(ServerNotReady) as failure:
         server.wait_until(lambda: False, "ready", timeout=30)
     message = str(failure.value)
@@ -51,8 +52,9 @@ def test_wait_http_returns_once_the_server_answers(tmp_path):
 
 def test_stop_sends_sigterm_and_kills_what_ignores_it(tmp_path):
     polite = start_process(python("import signal, time\nprint('up', flush=True)\ntime.sleep(60)"), tmp_path / "a.log")
-    stubborn_code = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                     "print('up', flush=True)\ntime.sleep(60)")
+    stubborn_code = (
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(60)"
+    )
     stubborn = start_process(python(stubborn_code), tmp_path / "b.log")
     for server in (polite, stubborn):
         server.wait_until(lambda server=server: "up" in server.logs(), "up", timeout=30)
