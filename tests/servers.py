@@ -138,12 +138,13 @@ def start_process(
     log: Path,
     *,
     name: str | None = None,
-    env: dict[str, str] | None = None,
+    env: dict[str, str | None] | None = None,
     cwd: Path = REPO,
 ) -> ServerProcess:
     """Start ``command`` with stdout and stderr in ``log``; ``env`` adds to this process's
-    environment (unbuffered Python output included); it is not waited for."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    environment (unbuffered Python output included; a None value unsets); it is not waited for."""
+    merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {key: value for key, value in merged.items() if value is not None}
     with open(log, "wb") as sink:
         process = subprocess.Popen(list(command), cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, env=full_env)
     return ServerProcess(process, log, name or Path(command[0]).name)
@@ -174,7 +175,7 @@ def start_predictor(
     *extra: str,
     name: str = "sd",
     module: str = "predictor",
-    env: dict[str, str] | None = None,
+    env: dict[str, str | None] | None = None,
     wait: str | None = "model",
     timeout: float = 90,
 ) -> Predictor:

@@ -97,3 +97,11 @@ def test_free_port_is_bindable_on_loopback():
     port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_env_adds_to_the_environment_and_none_unsets(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_DROPPED", "inherited")
+    code = "import os; print(os.environ.get('HARNESS_DROPPED', 'unset'), os.environ['HARNESS_ADDED'], flush=True)"
+    server = start_process(python(code), tmp_path / "env.log", env={"HARNESS_DROPPED": None, "HARNESS_ADDED": "added"})
+    assert server.process.wait(timeout=30) == 0
+    assert server.logs() == "unset added\n"
