@@ -13,8 +13,8 @@ exporters, routers) uses this module:
   ports, as a :class:`Predictor`;
 * :class:`ThreadedHTTPServer` - an ``http.server`` handler served from a thread on loopback.
 
-A server that exits or is not ready by the deadline raises :class:`ServerNotReady`, whose message
-names the server and what was awaited, and ends with the tail of the server's log.
+A server that exits or is not ready by the deadline is killed and raises :class:`ServerNotReady`,
+whose message names the server and what was awaited, and ends with the tail of the server's log.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ class ServerProcess:
         return self.logs()[-chars:]
 
     def wait_until(self, check: Callable[[], object], what: str, timeout: float, interval: float = 0.2) -> None:
-        """Wait until ``check()`` is true; raise :class:`ServerNotReady` (with the log tail) if the
-        process exits first or ``timeout`` passes. Exceptions in :data:`NOT_YET` mean "not yet"."""
+        """Wait until ``check()`` is true. If the process exits first or ``timeout`` passes, kill it
+        and raise :class:`ServerNotReady` with its log tail. Exceptions in :data:`NOT_YET` mean "not yet"."""
 
         def done() -> bool:
             if self.process.poll() is not None:
@@ -88,6 +88,7 @@ class ServerProcess:
             return bool(check())
 
         if not poll_until(done, timeout, interval):
+            self.kill()
             raise ServerNotReady(self._failure(f"{what}: not after {timeout:g}s"))
 
     def wait_http(self, url: str, timeout: float, ok: Callable[[requests.Response], bool] | None = None) -> None:
@@ -183,8 +184,7 @@ def start_predictor(
     loopback ports, logging to ``log`` (a file, or a folder to put ``server-PORT.log`` in).
 
     ``wait``: "model" returns once the model is ready, "live" once /v2/health/live answers,
-    None at once. ``env`` adds to the environment (OMP_NUM_THREADS defaults to 2). If the server
-    does not come up, it is killed and :class:`ServerNotReady` raised with its log tail.
+    None at once. ``env`` adds to the environment (OMP_NUM_THREADS defaults to 2).
     """
     if wait not in ("model", "live", None):
         raise ValueError(f"wait must be 'model', 'live' or None, not {wait!r}")
@@ -204,14 +204,10 @@ def start_predictor(
         started.process, started.log, started.name, http=f"http://127.0.0.1:{http_port}",
         grpc=f"127.0.0.1:{grpc_port}", model_name=name, http_port=http_port, grpc_port=grpc_port,
     )  # fmt: skip
-    try:
-        if wait == "model":
-            server.wait_ready(timeout)
-        elif wait == "live":
-            server.wait_http(f"{server.http}/v2/health/live", timeout)
-    except BaseException:
-        server.kill()
-        raise
+    if wait == "model":
+        server.wait_ready(timeout)
+    elif wait == "live":
+        server.wait_http(f"{server.http}/v2/health/live", timeout)
     return server
 
 

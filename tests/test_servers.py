@@ -30,12 +30,13 @@ def test_a_server_that_exits_names_its_exit_code_and_shows_its_log_tail(tmp_path
     assert "port already taken" in message and str(tmp_path / "s.log") in message
 
 
-def test_a_server_not_ready_by_the_deadline_shows_the_end_of_a_long_log(tmp_path):
+def test_a_server_not_ready_by_the_deadline_is_killed_and_shows_the_end_of_a_long_log(tmp_path):
     code = "import time\nfor i in range(2000): print(f'line {i}', flush=True)\ntime.sleep(60)"
     with start_process(python(code), tmp_path / "s.log", name="slow") as server:
         server.wait_until(lambda: "line 1999" in server.logs(), "all lines logged", timeout=30)
         with pytest.raises(ServerNotReady) as failure:
             server.wait_http(f"http://127.0.0.1:{free_port()}/ready", timeout=0.5)
+        assert server.process.returncode == -9  # killed at once: a server that never came up is useless
     message = str(failure.value)
     assert "slow GET http://127.0.0.1:" in message and "not after 0.5s" in message
     assert message.endswith("line 1999\n") and "line 0\n" not in message  # the tail, not the whole log
