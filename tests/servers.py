@@ -235,6 +235,7 @@ class ThreadedHTTPServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self._thread.join(timeout=5)
 
     def __enter__(self) -> ThreadedHTTPServer:
         return self
