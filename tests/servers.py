@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, Self, TypeVar
 
 import requests
 
@@ -112,11 +113,14 @@ class ServerProcess:
         """SIGTERM, then SIGKILL if it has not exited after ``grace`` seconds."""
         stop_all([self], grace)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+Started = TypeVar("Started", bound=ServerProcess)
 
 
 def stop_all(servers: Iterable[ServerProcess], grace: float = 15) -> None:
@@ -141,14 +145,17 @@ def start_process(
     name: str | None = None,
     env: dict[str, str | None] | None = None,
     cwd: Path = REPO,
-) -> ServerProcess:
-    """Start ``command`` with stdout and stderr in ``log``; ``env`` adds to this process's
-    environment (unbuffered Python output included; a None value unsets); it is not waited for."""
+    kind: type[Started] = ServerProcess,
+    **fields: Any,
+) -> Started:
+    """Start ``command`` with stdout and stderr in ``log``; it is not waited for. ``env`` adds to
+    this process's environment (unbuffered Python output included; a None value unsets). The
+    result is a ``kind`` (a ServerProcess subclass) with its other ``fields``."""
     merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env = {key: value for key, value in merged.items() if value is not None}
     with open(log, "wb") as sink:
         process = subprocess.Popen(list(command), cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, env=full_env)
-    return ServerProcess(process, log, name or Path(command[0]).name)
+    return kind(process, log, name or Path(command[0]).name, **fields)
 
 
 @dataclass
@@ -199,9 +206,8 @@ def start_predictor(
         *extra,
     ]  # fmt: skip
     full_env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})}
-    started = start_process(command, log, name=f"predictor {name}", env=full_env)
-    server = Predictor(
-        started.process, started.log, started.name, http=f"http://127.0.0.1:{http_port}",
+    server = start_process(
+        command, log, name=f"predictor {name}", env=full_env, kind=Predictor, http=f"http://127.0.0.1:{http_port}",
         grpc=f"127.0.0.1:{grpc_port}", model_name=name, http_port=http_port, grpc_port=grpc_port,
     )  # fmt: skip
     if wait == "model":

@@ -56,8 +56,9 @@ def start_playground(specs: list[str], log_dir: Path, *extra: str, down_url: str
     command = [sys.executable, "-m", "playground", "--port", str(port), *extra]
     for spec in specs:
         command += ["--endpoint", spec]
-    started = start_process(command, log_dir / f"playground-{port}.log", name="playground")
-    instance = Playground(started.process, started.log, started.name, f"http://127.0.0.1:{port}", down_url)
+    log = log_dir / f"playground-{port}.log"
+    url = f"http://127.0.0.1:{port}"
+    instance = start_process(command, log, name="playground", kind=Playground, url=url, down_url=down_url)
     instance.wait_http(f"{instance.url}/healthz", timeout=60)
     return instance
 
