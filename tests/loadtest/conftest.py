@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -19,14 +19,11 @@ class TinyServer:
     """The predictor (tests/servers.py) under the names the load tester's tests use."""
 
     predictor: Predictor
+    http_url: str = field(init=False)
+    grpc_url: str = field(init=False)
 
-    @property
-    def http_url(self) -> str:
-        return self.predictor.http
-
-    @property
-    def grpc_url(self) -> str:
-        return f"grpc://{self.predictor.grpc}"
+    def __post_init__(self) -> None:
+        self.http_url, self.grpc_url = self.predictor.http, f"grpc://{self.predictor.grpc}"
 
     def metric(self, name: str) -> float:
         """Sum of a Prometheus sample over its label sets, read from /metrics."""

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -37,26 +37,16 @@ class Server:
 
     task: str
     predictor: Predictor
+    name: str = field(init=False)
+    http_port: int = field(init=False)
+    url: str = field(init=False)  # http://127.0.0.1:PORT
+    grpc_url: str = field(init=False)  # 127.0.0.1:PORT
+    log_path: Path = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return self.predictor.model_name
-
-    @property
-    def http_port(self) -> int:
-        return self.predictor.http_port
-
-    @property
-    def url(self) -> str:
-        return self.predictor.http
-
-    @property
-    def grpc_url(self) -> str:
-        return self.predictor.grpc
-
-    @property
-    def log_path(self) -> Path:
-        return self.predictor.log
+    def __post_init__(self) -> None:
+        served = self.predictor
+        self.name, self.http_port, self.log_path = served.model_name, served.http_port, served.log
+        self.url, self.grpc_url = served.http, served.grpc
 
     def wait_ready(self) -> None:
         self.predictor.wait_ready(START_TIMEOUT_S)
