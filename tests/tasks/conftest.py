@@ -110,27 +110,20 @@ def servers(tiny_models, tmp_path_factory):
         stop_all((server.predictor for server in started.values()), grace=8)
 
 
-def _ready(servers: dict[str, Server], task: str) -> Server:
-    server = servers[task]
-    server.wait_ready()
-    return server
+def _ready_server(task: str, fixture_name: str):
+    """A session fixture named ``fixture_name``: the task's server, once its model is ready."""
+
+    @pytest.fixture(scope="session", name=fixture_name)
+    def ready(servers: dict[str, Server]) -> Server:
+        """The task's server (started with the others by ``servers``), once its model is ready."""
+        server = servers[task]
+        server.wait_ready()
+        return server
+
+    return ready
 
 
-@pytest.fixture(scope="session")
-def text_classifier(servers) -> Server:
-    return _ready(servers, "text-classification")
-
-
-@pytest.fixture(scope="session")
-def image_classifier(servers) -> Server:
-    return _ready(servers, "image-classification")
-
-
-@pytest.fixture(scope="session")
-def detector(servers) -> Server:
-    return _ready(servers, "object-detection")
-
-
-@pytest.fixture(scope="session")
-def generator(servers) -> Server:
-    return _ready(servers, "text-generation")
+text_classifier = _ready_server("text-classification", "text_classifier")
+image_classifier = _ready_server("image-classification", "image_classifier")
+detector = _ready_server("object-detection", "detector")
+generator = _ready_server("text-generation", "generator")
