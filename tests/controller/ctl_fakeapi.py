@@ -38,6 +38,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
+from tests.servers import ThreadedHTTPServer
+
 CLUSTER_SCOPED = {"nodeclaims", "nodepools", "nodes", "namespaces", "ec2nodeclasses"}
 CORE_GROUPS = {
     "api/v1",
@@ -222,8 +224,7 @@ class FakeKube:
         self.audit: list[WriteRecord] = []
         self.on_request: list = []  # callables (method, path) run before a request is served
         self.missing: set[str] = set()  # resource plurals that are "not installed" (404)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: ThreadedHTTPServer | None = None
         self.url = ""
 
     # ------------------------------------------------------------------ lifecycle
@@ -234,22 +235,14 @@ class FakeKube:
         class Handler(_Handler):
             kube = fake
 
-        self._server = _QuietServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True, name="fake-kube"
-        )
-        self._thread.start()
+        self._http = ThreadedHTTPServer(Handler, _QuietServer)
+        self.url = self._http.url
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
     def __enter__(self) -> FakeKube:
         return self.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -16,6 +17,7 @@ import yaml
 
 import controller.__main__ as cli
 from controller.metrics import HealthServer, Metrics
+from tests.servers import start_process
 
 from .ctl_world import INTERVAL, NS, config_dict
 
@@ -185,45 +187,15 @@ def test_long_running_mode_serves_metrics_and_stops_on_sigterm(world, tmp_path):
     cfg = write_config(
         tmp_path, timing={"interval_s": 0.2, "signal_max_age_s": 5}, lease={"duration_s": 2, "renew_s": 0.5}
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "controller",
-            "run",
-            "--config",
-            str(cfg),
-            "--kubeconfig",
-            str(world.kubeconfig),
-            "--metrics-port",
-            "0",
-            "--log-level",
-            "INFO",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        port = None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "metrics and health on port" in line:
-                port = int(line.rsplit(" ", 1)[1])
-            if port and "is leader" in line:
-                break
-        assert port, "".join(lines)
-        assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
-        proc.terminate()
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    command = [sys.executable, "-m", "controller", "run", "--config", str(cfg), "--kubeconfig", str(world.kubeconfig),
+               "--metrics-port", "0", "--log-level", "INFO"]  # fmt: skip
+    with start_process(command, tmp_path / "controller.log", env={"PYTHONPATH": str(ROOT)}) as ctl:
+        ctl.wait_until(lambda: "is leader" in ctl.logs(), "leader", timeout=60)
+        port = re.search(r"metrics and health on port (\d+)", ctl.logs())
+        assert port, ctl.logs()
+        assert get(f"http://127.0.0.1:{port[1]}/healthz")[0] == 200
+        ctl.process.terminate()
+        assert ctl.process.wait(timeout=15) == 0
     lease = world.fake.get("coordination.k8s.io/v1", "Lease", "traffic-controller", NS)
     assert lease["spec"].get("holderIdentity") is None  # released on SIGTERM
 

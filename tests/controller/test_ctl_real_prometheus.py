@@ -13,9 +13,8 @@ query (controller/deploy/controller.yaml) and the default one; then the metric d
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ import requests
 from controller.config import Prometheus, load_config
 from controller.signals import NoSeries, PrometheusDemand, SignalError
 from tests.conftest import require_binary
-from tests.predictor.harness import free_port
+from tests.servers import ThreadedHTTPServer, free_port, start_process
 
 from .ctl_world import INTERVAL, NAMES, NS
 
@@ -68,9 +67,8 @@ class Exporter:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.http = ThreadedHTTPServer(Handler)
+        self.port = self.http.port
 
     def render(self, now: float) -> str:
         if not self.enabled:
@@ -92,8 +90,7 @@ class Exporter:
         return "\n".join(lines) + "\n# EOF\n"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 class RealPrometheus:
@@ -115,42 +112,21 @@ class RealPrometheus:
         )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp / "prometheus.log"
-        with open(self.log, "wb") as sink:
-            self.proc = subprocess.Popen(
-                [binary, f"--config.file={config}", f"--storage.tsdb.path={data}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1d"],
-                stdout=sink, stderr=subprocess.STDOUT,
-            )
-        self._wait(lambda: requests.get(f"{self.url}/-/ready", timeout=2).status_code == 200, "ready")
+        self.server = start_process(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={data}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1d"],
+            tmp / "prometheus.log",
+        )  # fmt: skip
+        self.server.wait_http(f"{self.url}/-/ready", timeout=60)
         # The first scrape is in: the query sees history and live samples.
-        self._wait(lambda: self.query('up{job="queue-proxy"} == 1'), "the first scrape")
+        self.server.wait_until(lambda: self.query('up{job="queue-proxy"} == 1'), "the first scrape", timeout=60)
 
     def query(self, expr: str) -> list:
         body = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=5).json()
         return body["data"]["result"] if body.get("status") == "success" else []
 
-    def _wait(self, check, what: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"prometheus exited: {self.log.read_text()[-3000:]}")
-            try:
-                if check():
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"prometheus: timed out waiting for {what}: {self.log.read_text()[-3000:]}")
-
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.server.stop(grace=20)
 
 
 def _prometheus(tmp_path, history: bool):

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from controller.config import Prometheus
 from controller.signals import NoSeries, PrometheusDemand, SignalError, nodepool_of, pod_counts
+from tests.servers import ThreadedHTTPServer
 
 from .ctl_fakeapi import ice_event, nodeclaim, now_iso, pod
 from .ctl_world import INTERVAL, NAMES, NS
@@ -128,17 +128,14 @@ class _Prom:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.http = ThreadedHTTPServer(Handler)
+        self.url = self.http.url
 
     def __enter__(self):
-        self.thread.start()
         return self
 
     def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 def test_prometheus_demand_query_and_errors():

@@ -7,7 +7,6 @@ records the calls; the S3 upload goes to a local moto server.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import types
@@ -55,17 +54,13 @@ def fake_optimum_neuron(monkeypatch: pytest.MonkeyPatch) -> type[FakeNeuronPipel
     return FakeNeuronPipeline
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    from tests.servers import free_port
+
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,7 +37,8 @@ from observability.rules import alerts
 from tests.conftest import require_binary
 from tests.controller.ctl_fakeapi import FakeKube
 from tests.controller.ctl_world import NS, World, config_dict
-from tests.predictor.harness import free_port, v2_body
+from tests.predictor.harness import v2_body
+from tests.servers import Predictor, ServerProcess, free_port, start_predictor, start_process, stop_all
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRAPE_S = 1
@@ -57,56 +56,12 @@ class WallClock:
         return time.time()
 
 
-@dataclass
-class Process:
-    proc: subprocess.Popen
-    log: Path
-    url: str
-    kill: bool = False  # a test double that cannot shut down cleanly (its load never returns)
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None and self.kill:
-            self.proc.kill()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def spawn(command: list[str], log: Path, url: str, extra_env: dict | None = None) -> Process:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(extra_env or {})}
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    return Process(proc, log, url)
-
-
-def wait_for(check, what: str, timeout: float, process: Process | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.proc.poll() is not None:
-            raise AssertionError(f"{what}: process exited with {process.proc.returncode}\n{process.logs()[-3000:]}")
-        try:
-            if check():
-                return
-        except (requests.RequestException, ValueError, KeyError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}" + (f"\n{process.logs()[-3000:]}" if process else ""))
-
-
-def start_predictor(
+def start_unit(
     name: str, model_dir: Path, tmp: Path, *extra: str, module: str = "predictor", env: dict | None = None
-) -> Process:
-    port = free_port()
-    command = [sys.executable, "-m", module, "--model_name", name, "--model_dir", str(model_dir),
-               "--http_port", str(port), "--grpc_port", str(free_port()), "--enable_latency_logging", "false", *extra]
-    return spawn(command, tmp / f"{name}.log", f"http://127.0.0.1:{port}", env)
+) -> Predictor:
+    """A predictor for one unit, logging to ``{name}.log``; not waited for."""
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return start_predictor(model_dir, tmp / f"{name}.log", *extra, name=name, module=module, env=env, wait=None)
 
 
 class Prometheus:
@@ -133,17 +88,18 @@ def scene(tmp_path_factory) -> Iterator[dict]:
     prometheus_bin = require_binary("prometheus")
     promtool = require_binary("promtool")
     tmp = tmp_path_factory.mktemp("live")
-    started: list[Process] = []
+    started: list[ServerProcess] = []
+    cuda = None
     fake = FakeKube().start()
     try:
         from predictor.tiny import build_tiny_sd
 
         tiny = build_tiny_sd(tmp / "tiny")
-        inf2 = start_predictor("sd21-inf2", tiny, tmp, "--max_batch_size", "1", "--max_queue_size", "1",
-                               "--default_steps", "2", "--max_height", "128", "--max_width", "128")
-        cuda = start_predictor("sd21-g5-cuda", tiny, tmp, module="tests.observability.gated_predictor",
-                               env={"PREDICTOR_LOAD_GATE": str(tmp / "never-created")})
-        cuda.kill = True
+        inf2 = start_unit("sd21-inf2", tiny, tmp, "--max_batch_size", "1", "--max_queue_size", "1",
+                          "--default_steps", "2", "--max_height", "128", "--max_width", "128")
+        # A test double that cannot shut down cleanly (its load never returns): killed at the end.
+        cuda = start_unit("sd21-g5-cuda", tiny, tmp, module="tests.observability.gated_predictor",
+                          env={"PREDICTOR_LOAD_GATE": str(tmp / "never-created")})
         started += [inf2, cuda]
 
         world = World(fake, WallClock(), fake.write_kubeconfig(tmp / "kubeconfig", NS))
@@ -162,14 +118,15 @@ def scene(tmp_path_factory) -> Iterator[dict]:
             "rule_files": [str(tmp / "rules.yml")],
             "scrape_configs": [
                 {"job_name": "sd21-predictors",
-                 "static_configs": [{"targets": [target(inf2.url), target(cuda.url)], "labels": {"namespace": NS}}]},
+                 "static_configs": [{"targets": [target(inf2.http), target(cuda.http)], "labels": {"namespace": NS}}]},
                 {"job_name": "inference-traffic-controller",
                  "static_configs": [{"targets": [f"127.0.0.1:{ctl_port}"], "labels": {"namespace": NS}}]},
             ],
         }
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-        prom = spawn([prometheus_bin, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-                      f"--web.listen-address=127.0.0.1:{prom_port}"], tmp / "prometheus.log", prom_url)
+        prom = start_process([prometheus_bin, f"--config.file={tmp / 'prometheus.yml'}",
+                              f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+                             tmp / "prometheus.log")
         started.append(prom)
 
         ctl_config = config_dict(
@@ -187,21 +144,21 @@ def scene(tmp_path_factory) -> Iterator[dict]:
         )
         (tmp / "controller.yaml").write_text(yaml.safe_dump(ctl_config))
 
-        wait_for(lambda: requests.get(f"{prom_url}/-/ready", timeout=2).ok, "prometheus ready", 60, prom)
-        wait_for(lambda: requests.get(f"{inf2.url}/v2/models/sd21-inf2/ready", timeout=2).json()["ready"],
-                 "sd21-inf2 ready", 180, inf2)
-        wait_for(lambda: "predictor_model_ready" in requests.get(f"{cuda.url}/metrics", timeout=2).text,
-                 "sd21-g5-cuda serving /metrics", 180, cuda)
+        prom.wait_http(f"{prom_url}/-/ready", timeout=60)
+        inf2.wait_ready(timeout=180)
+        cuda.wait_until(lambda: "predictor_model_ready" in requests.get(f"{cuda.http}/metrics", timeout=2).text,
+                        "serving /metrics", 180)
 
-        ctl = spawn([sys.executable, "-m", "controller", "run", "--config", str(tmp / "controller.yaml"),
-                     "--kubeconfig", str(world.kubeconfig), "--identity", "ctl-live"],
-                    tmp / "controller.log", f"http://127.0.0.1:{ctl_port}")
+        ctl = start_process([sys.executable, "-m", "controller", "run", "--config", str(tmp / "controller.yaml"),
+                             "--kubeconfig", str(world.kubeconfig), "--identity", "ctl-live"],
+                            tmp / "controller.log", name="controller", env={"PYTHONPATH": str(ROOT)})
         started.append(ctl)
-        wait_for(lambda: "traffic_controller_leader 1.0" in requests.get(f"{ctl.url}/metrics", timeout=2).text,
-                 "controller leader", 60, ctl)
+        ctl_metrics = f"http://127.0.0.1:{ctl_port}/metrics"
+        ctl.wait_until(lambda: "traffic_controller_leader 1.0" in requests.get(ctl_metrics, timeout=2).text,
+                       "leader", 60)
 
         stop = threading.Event()
-        infer = f"{inf2.url}/v2/models/sd21-inf2/infer"
+        infer = f"{inf2.http}/v2/models/sd21-inf2/infer"
 
         def trickle() -> None:
             while not stop.is_set():
@@ -221,8 +178,9 @@ def scene(tmp_path_factory) -> Iterator[dict]:
             trickler.join(timeout=60)
         yield {"prometheus": Prometheus(prom_url), "phases": phases, "logs": {p.log.name: p for p in started}}
     finally:
-        for process in reversed(started):
-            process.stop()
+        if cuda is not None:
+            cuda.kill()
+        stop_all(reversed(started))
         fake.stop()
 
 
@@ -232,7 +190,7 @@ def settle(seconds: float = 3 * SCRAPE_S + 1) -> float:
     return time.time()
 
 
-def drive(world: World, fake: FakeKube, infer: str, controller: Process) -> dict[str, float]:
+def drive(world: World, fake: FakeKube, infer: str, controller: ServerProcess) -> dict[str, float]:
     phases: dict[str, float] = {}
     # Queue full: one slow image holds the only batch slot, the next the one queue place; the rest
     # of a simultaneous burst bounces (503) until the predictor has counted some.

@@ -3,33 +3,28 @@ front of them, and the playground as a subprocess configured with all three plus
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
 from tests.playground.splitter import Splitter, Step
 from tests.predictor.conftest import tiny_model  # noqa: F401 - the session fixture, shared
-from tests.predictor.harness import REPO, Server, free_port, start_server, stop_server
+from tests.predictor.harness import Server, start_server
+from tests.servers import ServerProcess, free_port, start_process, stop_all
 
 UNITS = ("cpu-a", "cpu-b")
 
 
 @dataclass
-class Playground:
-    url: str
-    process: subprocess.Popen
-    log: Path
-    down_url: str
+class Playground(ServerProcess):
+    """``python -m playground`` (tests/servers.py) at ``url``; ``down_url`` is an endpoint it
+    was configured with where nothing listens."""
 
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")
+    url: str = ""
+    down_url: str = ""
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +40,7 @@ def units(tiny_model, tmp_path_factory) -> Iterator[dict[str, Server]]:  # noqa:
             )
         yield servers
     finally:
-        for server in servers.values():
-            stop_server(server)
+        stop_all(servers.values())
 
 
 @pytest.fixture(scope="session")
@@ -63,33 +57,14 @@ def start_playground(specs: list[str], log_dir: Path, *extra: str, down_url: str
     for spec in specs:
         command += ["--endpoint", spec]
     log = log_dir / f"playground-{port}.log"
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    instance = Playground(f"http://127.0.0.1:{port}", process, log, down_url)
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"playground exited with {process.returncode}:\n{instance.logs()}")
-        try:
-            if requests.get(f"{instance.url}/healthz", timeout=1).ok:
-                return instance
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            stop_playground(instance)
-            raise RuntimeError(f"playground did not start:\n{instance.logs()}")
-        time.sleep(0.2)
+    url = f"http://127.0.0.1:{port}"
+    instance = start_process(command, log, name="playground", kind=Playground, url=url, down_url=down_url)
+    instance.wait_http(f"{instance.url}/healthz", timeout=60)
+    return instance
 
 
 def stop_playground(instance: Playground) -> None:
-    if instance.process.poll() is None:
-        instance.process.terminate()
-        try:
-            instance.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            instance.process.kill()
-            instance.process.wait()
+    instance.stop()
 
 
 @pytest.fixture(scope="session")
@@ -103,5 +78,5 @@ def playground(units, splitter, tmp_path_factory) -> Iterator[Playground]:
     ]
     extra = ("--timeout", "120", "--max_requests", "40", "--default_steps", "2", "--default_size", "64")
     instance = start_playground(specs, tmp_path_factory.mktemp("playground-logs"), *extra, down_url=down_url)
-    yield instance
-    stop_playground(instance)
+    with instance:
+        yield instance

@@ -17,7 +17,9 @@ import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.servers import ThreadedHTTPServer
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,8 @@ class Splitter:
             def log_message(self, *_args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._http = ThreadedHTTPServer(Handler)
+        self.url = self._http.url
 
     def pick(self) -> Step:
         with self._lock:
@@ -80,9 +81,7 @@ class Splitter:
             return 500, json.dumps({"error": "Failed to process request", "cause": str(error)}).encode()
 
     def __enter__(self) -> Splitter:
-        self._thread.start()
         return self
 
     def __exit__(self, *_exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._http.close()

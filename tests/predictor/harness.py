@@ -1,97 +1,21 @@
-"""Test harness: start the real predictor as a subprocess on free loopback ports, and request helpers."""
+"""The predictor suite's helpers: the real predictor on free loopback ports (tests/servers.py), request bodies."""
 
 from __future__ import annotations
 
 import base64
 import io
-import os
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
-import requests
+from tests.servers import REPO, Predictor, free_port, start_predictor
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["REPO", "Server", "decode_png", "free_port", "start_server", "stop_server", "v2_body"]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen
-    http: str
-    grpc: str
-    log: Path
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def start_server(
-    model_dir: Path,
-    log_dir: Path,
-    *extra: str,
-    name: str = "sd",
-    timeout: float = 90,
-    env: dict[str, str] | None = None,
-) -> Server:
-    """``env`` adds to (or overrides) this process's environment for the server."""
-    http_port, grpc_port = free_port(), free_port()
-    log = log_dir / f"server-{http_port}.log"
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-        **(env or {}),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "predictor",
-        "--model_name",
-        name,
-        "--model_dir",
-        str(model_dir),
-        "--http_port",
-        str(http_port),
-        "--grpc_port",
-        str(grpc_port),
-        "--enable_latency_logging",
-        "false",
-        *extra,
-    ]
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    server = Server(process, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", log)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.logs()}")
-        try:
-            if requests.get(f"{server.http}/v2/models/{name}/ready", timeout=1).json().get("ready"):
-                return server
-        except (requests.ConnectionError, requests.Timeout, ValueError):
-            pass
-        time.sleep(0.2)
-    stop_server(server)
-    raise RuntimeError(f"server not ready after {timeout}s:\n{server.logs()}")
+# The predictor suite's names for the shared harness (tests/servers.py), which other suites import too.
+Server = Predictor
+start_server = start_predictor
 
 
 def stop_server(server: Server) -> None:
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+    server.stop()
 
 
 def decode_png(encoded: str | bytes):

@@ -22,15 +22,12 @@ The module also holds the test-side launcher, :func:`launch`, which starts it on
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import requests
-
-from tests.predictor.harness import REPO, Server, free_port
+from tests.predictor.harness import Server, start_server
 
 
 def _wait_for_file(path: str | None) -> None:
@@ -81,33 +78,10 @@ def launch(
     timeout: float = 90,
 ) -> Server:
     """Start this entry point as the server; wait until the model is ready (or only live)."""
-    http_port, grpc_port = free_port(), free_port()
-    log = log_dir / f"server-{http_port}.log"
-    command = [
-        sys.executable, "-m", "tests.predictor.lifecycle_faults",
-        "--model_name", "sd", "--model_dir", str(model_dir),
-        "--http_port", str(http_port), "--grpc_port", str(grpc_port),
-        "--enable_latency_logging", "false", "--default_steps", "2",
-        *extra,
-    ]  # fmt: skip
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    full_env.update(env or {})
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, env=full_env)
-    server = Server(process, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", log)
-    probe = "/v2/models/sd/ready" if wait_ready else "/v2/health/live"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.logs()}")
-        try:
-            if requests.get(server.http + probe, timeout=1).status_code == 200:
-                return server
-        except (requests.ConnectionError, requests.Timeout):
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"server not up after {timeout}s:\n{server.logs()}")
+    return start_server(
+        model_dir, log_dir, "--default_steps", "2", *extra, module="tests.predictor.lifecycle_faults",
+        env=env, wait="model" if wait_ready else "live", timeout=timeout,
+    )  # fmt: skip
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.predictor.harness import Server, stop_server, v2_body
 from tests.predictor.lifecycle_faults import launch
+from tests.servers import poll_until
 
 GRPC_CLIENT = Path(__file__).with_name("lifecycle_grpc_client.py")
 
@@ -31,15 +31,7 @@ GRPC_CLIENT = Path(__file__).with_name("lifecycle_grpc_client.py")
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
     """Poll ``predicate`` (exceptions count as "not yet"); True once it holds, False after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except (requests.RequestException, OSError):
-            pass
-        time.sleep(0.05)
-    return False
+    return poll_until(predicate, timeout, interval=0.05)
 
 
 def metric(server: Server, name: str) -> float:

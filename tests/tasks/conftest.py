@@ -8,18 +8,16 @@ suite pays the interpreter and model start-up once. gRPC clients run in a subpro
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import requests
+
+from tests.servers import Predictor, start_predictor, stop_all
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -33,44 +31,25 @@ MODEL_NAME = {
 START_TIMEOUT_S = 90
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Server:
+    """A task's predictor (tests/servers.py) under the names this suite's tests use."""
+
     task: str
-    name: str
-    http_port: int
-    grpc_port: int
-    process: subprocess.Popen
-    log_path: Path
+    predictor: Predictor
+    name: str = field(init=False)
+    http_port: int = field(init=False)
+    url: str = field(init=False)  # http://127.0.0.1:PORT
+    grpc_url: str = field(init=False)  # 127.0.0.1:PORT
+    log_path: Path = field(init=False)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+    def __post_init__(self) -> None:
+        served = self.predictor
+        self.name, self.http_port, self.log_path = served.model_name, served.http_port, served.log
+        self.url, self.grpc_url = served.http, served.grpc
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"{self.task} server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if requests.get(f"{self.url}/v2/models/{self.name}/ready", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        pytest.fail(f"{self.task} server not ready after {START_TIMEOUT_S}s:\n{self.log()}")
+        self.predictor.wait_ready(START_TIMEOUT_S)
 
     def grpc(self, calls: list[dict]) -> list[dict]:
         """Run gRPC calls in a subprocess (see grpc_client.py) and return their results."""
@@ -93,92 +72,58 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {task: build(task, root / task) for task in TASKS}
 
 
+def _start(task: str, model_dir: Path, log_path: Path, extra_args: list[str], env: dict, wait: str | None) -> Server:
+    """``python -m predictor`` on CPU serving ``model_dir`` as the task's model, on free loopback ports."""
+    predictor = start_predictor(
+        model_dir, log_path, "--device", "cpu", *extra_args, name=MODEL_NAME[task], env=env, wait=wait,
+        timeout=START_TIMEOUT_S,
+    )  # fmt: skip
+    return Server(task, predictor)
+
+
 @contextmanager
 def text_generation_server(
-    model_dir: Path, log_path: Path, extra_args: list[str], env: dict[str, str]
+    model_dir: Path, log_path: Path, extra_args: list[str], env: dict[str, str | None]
 ) -> Iterator[Server]:
     """``python -m predictor`` serving model ``llama`` from ``model_dir`` on free loopback ports,
-    ready when entered; SIGTERM (then kill after 8 s) on exit."""
-    http_port, grpc_port = free_port(), free_port()
-    command = [
-        sys.executable, "-m", "predictor",
-        "--model_name", "llama",
-        "--model_dir", str(model_dir),
-        "--device", "cpu",
-        "--http_port", str(http_port),
-        "--grpc_port", str(grpc_port),
-        *extra_args,
-    ]  # fmt: skip
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = Server("text-generation", "llama", http_port, grpc_port, process, log_path)
+    ready when entered; SIGTERM (then kill after 8 s) on exit. ``env`` adds to this process's
+    environment (None unsets)."""
+    server = _start("text-generation", model_dir, log_path, extra_args, env, wait="model")
     try:
-        server.wait_ready()
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.predictor.stop(grace=8)
 
 
 @pytest.fixture(scope="session")
 def servers(tiny_models, tmp_path_factory):
+    """All four task servers, started together; each task's fixture waits for its own."""
     logs = tmp_path_factory.mktemp("server-logs")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PREDICTOR_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    env = {"PREDICTOR_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    extra_args = ["--max_batch_size", "4", "--batch_wait_ms", "50"]
     started: dict[str, Server] = {}
-    for task in TASKS:
-        http_port, grpc_port = free_port(), free_port()
-        log_path = logs / f"{task}.log"
-        command = [
-            sys.executable, "-m", "predictor",
-            "--model_name", MODEL_NAME[task],
-            "--model_dir", str(tiny_models[task]),
-            "--device", "cpu",
-            "--http_port", str(http_port),
-            "--grpc_port", str(grpc_port),
-            "--max_batch_size", "4",
-            "--batch_wait_ms", "50",
-        ]  # fmt: skip
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        started[task] = Server(task, MODEL_NAME[task], http_port, grpc_port, process, log_path)
-    yield started
-    for server in started.values():
-        server.process.terminate()
-    deadline = time.monotonic() + 8
-    for server in started.values():
-        try:
-            server.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            print(f"{server.task} server did not stop on SIGTERM; killing it", file=sys.stderr)
-            server.process.kill()
-            server.process.wait()
+    try:
+        for task in TASKS:
+            started[task] = _start(task, tiny_models[task], logs / f"{task}.log", extra_args, env, wait=None)
+        yield started
+    finally:
+        stop_all((server.predictor for server in started.values()), grace=8)
 
 
-def _ready(servers: dict[str, Server], task: str) -> Server:
-    server = servers[task]
-    server.wait_ready()
-    return server
+def _ready_server(task: str, fixture_name: str):
+    """A session fixture named ``fixture_name``: the task's server, once its model is ready."""
+
+    @pytest.fixture(scope="session", name=fixture_name)
+    def ready(servers: dict[str, Server]) -> Server:
+        """The task's server (started with the others by ``servers``), once its model is ready."""
+        server = servers[task]
+        server.wait_ready()
+        return server
+
+    return ready
 
 
-@pytest.fixture(scope="session")
-def text_classifier(servers) -> Server:
-    return _ready(servers, "text-classification")
-
-
-@pytest.fixture(scope="session")
-def image_classifier(servers) -> Server:
-    return _ready(servers, "image-classification")
-
-
-@pytest.fixture(scope="session")
-def detector(servers) -> Server:
-    return _ready(servers, "object-detection")
-
-
-@pytest.fixture(scope="session")
-def generator(servers) -> Server:
-    return _ready(servers, "text-generation")
+text_classifier = _ready_server("text-classification", "text_classifier")
+image_classifier = _ready_server("image-classification", "image_classifier")
+detector = _ready_server("object-detection", "detector")
+generator = _ready_server("text-generation", "generator")

@@ -45,8 +45,7 @@ def gguf_model(tmp_path_factory) -> Path:
 def generator(gguf_model, tmp_path_factory):
     """A server on the GGUF directory with no --backend: auto picks llama.cpp."""
     log_path = tmp_path_factory.mktemp("llama-logs") / "server.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("PREDICTOR_BACKEND", None)
+    env = {"OMP_NUM_THREADS": "1", "PREDICTOR_BACKEND": None}
     with text_generation_server(gguf_model.parent, log_path, ["--max_batch_size", "4", "--batch_wait_ms", "50"], env) as server:
         yield server
 
