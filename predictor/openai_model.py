@@ -32,7 +32,8 @@ from kserve.errors import InvalidInput, ModelNotReady
 
 from predictor.batching import QueueFullError
 from predictor.model import PredictorModel
-from predictor.pipelines.text_generation import GenerateItem, Generation, TextGenerationTask
+from predictor.tasks.generation import GenerateItem, Generation
+from predictor.tasks.text_generation import TextGenerationTask
 
 ROUTE_PREFIX = os.environ.get("KSERVE_OPENAI_ROUTE_PREFIX", "/openai")
 if ROUTE_PREFIX and not ROUTE_PREFIX.startswith("/"):

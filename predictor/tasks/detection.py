@@ -20,14 +20,13 @@ from typing import Any
 
 from kserve.protocol.infer_type import InferOutput, InferRequest
 
-from predictor.pipelines import tensors
-from predictor.pipelines.base import Task
-from predictor.pipelines.classification import (
+from predictor.tasks import tensors
+from predictor.tasks.base import Task
+from predictor.tasks.classification import PipelineBackend
+from predictor.tasks.images import (
     EncodedImage,
     ImageError,
-    PipelineBackend,
     decode_images,
-    load_pipeline_backend,
     raise_image_errors,
     read_image,
     v1_image,
@@ -56,13 +55,7 @@ class ObjectDetectionTask(Task):
     name = "object-detection"
     PARAMETERS = ("threshold", "top_k")
 
-    def __init__(self, *args, backend: PipelineBackend | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backend = backend
-
-    def load(self) -> None:
-        if self.backend is None:
-            self.backend = load_pipeline_backend("object-detection", self.model_dir, self.device.kind, self.options)
+    backend: PipelineBackend | None
 
     def warmup_items(self) -> list[DetectItem]:
         return [DetectItem(warmup_image(), DEFAULT_THRESHOLD, MAX_DETECTIONS)]

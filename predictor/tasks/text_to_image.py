@@ -8,13 +8,11 @@ v1: ``{"instances": [{"prompt": ..., "negative_prompt": ..., "seed": ..., ...}]}
 ``{"predictions": [{"image": "<base64 png>"}]}``.
 
 The device-specific part is a backend with one method, ``generate``: diffusers on CUDA/CPU
-(this module) or optimum-neuron on Neuron (``predictor.pipelines.neuron``, imported lazily).
+(``predictor.backends.diffusers``) or optimum-neuron on Neuron (``predictor.backends.neuron``).
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import random
 from collections.abc import Hashable, Mapping, Sequence
@@ -25,8 +23,9 @@ import numpy as np
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
 
-from predictor.pipelines import tensors
-from predictor.pipelines.base import Task
+from predictor.tasks import tensors
+from predictor.tasks.base import Task
+from predictor.tasks.encoding import encode_png
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +33,6 @@ INLINE_ENCODE_PIXELS = 128 * 128  # results up to this many pixels are encoded o
 PARAMETER_NAMES = ("num_inference_steps", "guidance_scale", "height", "width", "seed")
 MAX_GUIDANCE_SCALE = 50.0
 MAX_PROMPT_CHARS = 4096
-# zlib level 1 encodes several times faster than the default 6 for noisy generated images, a few % larger.
-PNG_COMPRESS_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -73,126 +70,6 @@ class ImageBackend(Protocol):
         """Return one PIL image per prompt."""
 
 
-# ----------------------------------------------------------------------------- backends
-
-
-def torch_dtype(name: str, device_kind: str):
-    import torch
-
-    if name == "auto":
-        name = "float16" if device_kind == "cuda" else "float32"
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
-
-
-class DiffusersBackend:
-    """diffusers on CUDA or CPU, optionally compiled with torch.compile (inductor)."""
-
-    def __init__(
-        self,
-        model_dir: str,
-        device_kind: str,
-        dtype: str = "auto",
-        compile_model: bool = False,
-        compile_backend: Any = "inductor",
-    ):
-        import importlib.util
-
-        import torch
-        from diffusers import AutoPipelineForText2Image
-        from diffusers.utils import logging as diffusers_logging
-
-        from predictor.storage import local_weights_variant, weights_variant
-
-        diffusers_logging.disable_progress_bar()  # "Loading pipeline components" redraws are log noise
-        self.device = device_kind
-        self.dtype = torch_dtype(dtype, device_kind)
-        # The variant the download chose for this device and dtype, or whatever is on disk instead.
-        self.variant = local_weights_variant(model_dir, weights_variant(device_kind, dtype))
-        # diffusers 0.42 deprecates ``torch_dtype`` for ``dtype``; low_cpu_mem_usage needs accelerate
-        # (without it diffusers falls back to False, with a warning: say so up front).
-        kwargs: dict[str, Any] = {
-            "dtype": self.dtype,
-            "variant": self.variant,
-            "low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None,
-        }
-        if _has_component(model_dir, "safety_checker"):
-            kwargs.update(safety_checker=None, requires_safety_checker=False)
-        pipeline = AutoPipelineForText2Image.from_pretrained(model_dir, **kwargs)
-        pipeline = pipeline.to(device_kind)
-        pipeline.set_progress_bar_config(disable=True)
-        if compile_model:
-            # inductor tunes for the shapes it sees; other backends (tests count compiled graphs) as they are
-            tuned = {"mode": "max-autotune-no-cudagraphs"} if compile_backend == "inductor" else {}
-            denoiser_name = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
-            denoiser = getattr(pipeline, denoiser_name)
-            denoiser.to(memory_format=torch.channels_last)
-            setattr(pipeline, denoiser_name, torch.compile(denoiser, backend=compile_backend, **tuned))
-            pipeline.vae.to(memory_format=torch.channels_last)
-            pipeline.vae.decode = torch.compile(pipeline.vae.decode, backend=compile_backend)
-        self.compiled = compile_model
-        self.pipeline = pipeline
-        scale = getattr(pipeline, "vae_scale_factor", 8)
-        sample = getattr(getattr(pipeline, "unet", None), "config", None)
-        sample_size = getattr(sample, "sample_size", None) or 64
-        if isinstance(sample_size, (list, tuple)):
-            sample_size = sample_size[0]
-        self.default_size = (int(sample_size) * scale, int(sample_size) * scale)
-        self.fixed_size = None
-        self.empty_negative_is_zeros = empty_negative_is_zeros(pipeline)
-
-    def generate(self, prompts, negative_prompts, params: ImageParams, seeds):
-        import torch
-
-        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
-        with torch.inference_mode():
-            output = self.pipeline(
-                prompt=prompts,
-                negative_prompt=negative_prompts if any(negative_prompts) else None,
-                num_inference_steps=params.num_inference_steps,
-                guidance_scale=params.guidance_scale,
-                height=params.height,
-                width=params.width,
-                generator=generators,
-            )
-        return output.images
-
-
-def empty_negative_is_zeros(pipeline) -> bool:
-    """diffusers' SDXL ``encode_prompt`` gives zero negative embeddings only when ``negative_prompt``
-    is None and ``force_zeros_for_empty_prompt`` is set; a list holding "" encodes "" instead."""
-    config = getattr(pipeline, "config", None)
-    if hasattr(config, "get"):
-        return bool(config.get("force_zeros_for_empty_prompt", False))
-    return bool(getattr(config, "force_zeros_for_empty_prompt", False))
-
-
-def _has_component(model_dir: str, name: str) -> bool:
-    import json
-    from pathlib import Path
-
-    index = Path(model_dir) / "model_index.json"
-    return index.is_file() and name in json.loads(index.read_text())
-
-
-def load_backend(model_dir: str, device_kind: str, options: Mapping[str, Any]) -> ImageBackend:
-    if device_kind == "neuron":
-        from predictor.pipelines.neuron import NeuronImageBackend
-
-        return NeuronImageBackend(model_dir)
-    return DiffusersBackend(
-        model_dir, device_kind, dtype=options.get("dtype", "auto"), compile_model=bool(options.get("torch_compile"))
-    )
-
-
-# ----------------------------------------------------------------------------- the task
-
-
-def encode_png(image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _text_list(request: InferRequest, name: str, required: bool) -> list[str] | None:
     values = tensors.bytes_elements(request, name, required)
     if values is None:
@@ -203,15 +80,11 @@ def _text_list(request: InferRequest, name: str, required: bool) -> list[str] | 
 class TextToImageTask(Task):
     name = "text-to-image"
 
-    def __init__(self, *args, backend: ImageBackend | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backend = backend
+    backend: ImageBackend | None
 
     # ---------------------------------------------------------------- lifecycle
 
-    def load(self) -> None:
-        if self.backend is None:
-            self.backend = load_backend(self.model_dir, self.device.kind, self.options)
+    def loaded(self) -> None:
         logger.info(
             "text-to-image backend %s ready: default size %s, fixed size %s",
             type(self.backend).__name__,
