@@ -33,7 +33,7 @@ from kserve.errors import InvalidInput, ModelNotReady
 from predictor.batching import QueueFullError
 from predictor.model import PredictorModel
 from predictor.tasks.generation import GenerateItem, Generation
-from predictor.tasks.text_generation import TextGenerationTask
+from predictor.tasks.text_generation import GenerationParameters, TextGenerationTask
 
 ROUTE_PREFIX = os.environ.get("KSERVE_OPENAI_ROUTE_PREFIX", "/openai")
 if ROUTE_PREFIX and not ROUTE_PREFIX.startswith("/"):
@@ -133,7 +133,7 @@ class OpenAITextGenerationModel(PredictorModel):
             raise OpenAIError(HTTPStatus.BAD_REQUEST, str(error), param) from None
 
     async def _run(self, request: Mapping[str, Any], prompts: list[str], templated: bool, chat: bool):
-        raw = {key: request.get(key) for key in ("max_tokens", "temperature", "top_p", "stop", "seed")}
+        raw = {key: request.get(key) for key in GenerationParameters.names()}
         stream = bool(request.get("stream"))
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         response = _Response(self.name, chat, len(prompts))

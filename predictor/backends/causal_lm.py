@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from predictor.backends.dtypes import torch_dtype
 from predictor.backends.tokenizers import eos_token_ids, generation_defaults, pad_token_id
 from predictor.storage import local_weights_variant, weights_variant
-from predictor.tasks import tensors
 from predictor.tasks.generation import GREEDY, RowState, SamplingParams
+from predictor.tasks.params import MAX_SEED
 
 
 def row_criteria(rows: Sequence[RowState | None]):
@@ -152,7 +152,7 @@ class RowSampler:
             self.warpers.append(TopKLogitsWarper(int(top_k)))
         if sampling.top_p < 1.0:
             self.warpers.append(TopPLogitsWarper(sampling.top_p))
-        self.seeds = [random.randint(0, tensors.MAX_SEED) if seed is None else seed for seed in seeds]
+        self.seeds = [random.randint(0, MAX_SEED) if seed is None else seed for seed in seeds]
         self.generators: list | None = None  # created on the scores' device at the first step
 
     def __call__(self, input_ids, scores):

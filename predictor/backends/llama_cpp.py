@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from predictor.tasks import tensors
+from predictor.tasks.params import MAX_SEED
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ class LlamaCppBackend:
             raise ValueError(f"{len(rows)} rows exceed the context's {self.max_sequences} sequences")
         states = row_states(list(range(len(rows))))
         generators = [
-            np.random.default_rng(random.randint(0, tensors.MAX_SEED) if seed is None else seed) for seed in seeds
+            np.random.default_rng(random.randint(0, MAX_SEED) if seed is None else seed) for seed in seeds
         ]
         self.context.kv_cache_clear()
         logits = self._prefill(rows)

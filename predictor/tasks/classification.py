@@ -19,10 +19,11 @@ import logging
 from abc import abstractmethod
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
+from pydantic import Field
 
 from predictor.tasks import tensors
 from predictor.tasks.base import Task
@@ -35,6 +36,7 @@ from predictor.tasks.images import (
     v1_image,
     warmup_image,
 )
+from predictor.tasks.params import Between, Integer, RequestParameters, v2_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,12 @@ class PipelineBackend(Protocol):
         """Object detection on PIL images: per image a list of {label, score, box}."""
 
 
+class ClassifyParameters(RequestParameters):
+    top_k: Annotated[Integer, Between(1, "label_count")] = Field(
+        1, description="labels per input, best first (at most the model's label count)"
+    )
+
+
 @dataclass(frozen=True)
 class ClassifyItem:
     value: Any  # str (text) or EncodedImage
@@ -68,7 +76,6 @@ class Classification:
 class _ClassifierTask(Task):
     input_name = ""
     input_help = ""
-    PARAMETERS = ("top_k",)
 
     backend: PipelineBackend | None
 
@@ -89,11 +96,11 @@ class _ClassifierTask(Task):
         ]
 
     def _top_k(self, raw: Mapping[str, Any]) -> int:
-        return tensors.integer(raw.get("top_k", 1), "top_k", 1, self.label_count)
+        return ClassifyParameters.parse(raw, label_count=self.label_count).top_k
 
     def parse_v2(self, request: InferRequest) -> list[ClassifyItem]:
         tensors.check_input_names(request, [self.input_name])
-        raw = tensors.request_parameters(request, self.PARAMETERS)
+        raw = v2_parameters(request, ClassifyParameters)
         values = self._v2_values(request)
         tensors.check_batch(len(values), self.limits.max_batch_size, f"{self.input_name}s")
         top_k = self._top_k(raw)
@@ -101,7 +108,7 @@ class _ClassifierTask(Task):
 
     def parse_v1(self, body: dict) -> list[ClassifyItem]:
         instances, parameters = tensors.v1_instances(
-            body, self.limits.max_batch_size, self.input_help, self.PARAMETERS
+            body, self.limits.max_batch_size, self.input_help, ClassifyParameters
         )
         top_k = self._top_k(parameters)
         return [

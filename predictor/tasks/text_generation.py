@@ -29,10 +29,11 @@ import logging
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Annotated, Any
 
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
+from pydantic import BeforeValidator, Field
 
 from predictor.tasks import tensors
 from predictor.tasks.base import Task
@@ -45,15 +46,64 @@ from predictor.tasks.generation import (
     SamplingParams,
     fitting_groups,
 )
+from predictor.tasks.params import (
+    Between,
+    Integer,
+    MaxChars,
+    NotEmpty,
+    Number,
+    Positive,
+    RequestParameters,
+    Seed,
+    Text,
+    fail,
+    seed_context,
+    v2_parameters,
+)
 
 logger = logging.getLogger(__name__)
 
-PARAMETER_NAMES = ("max_tokens", "temperature", "top_p", "stop", "seed")
 MAX_PROMPT_CHARS = 200_000
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 256
 DEFAULT_MAX_TOKENS = int(os.environ.get("PREDICTOR_DEFAULT_MAX_TOKENS", "256"))
 MAX_TOKENS_LIMIT = int(os.environ.get("PREDICTOR_MAX_TOKENS", "4096"))
+
+
+def stop_list(value: Any) -> Any:
+    """``stop`` as sent: None, one string, or a list of at most ``MAX_STOP_SEQUENCES``."""
+    if value is None:
+        return ()
+    values = [value] if isinstance(value, (str, bytes)) else value
+    if not isinstance(values, (list, tuple)):
+        fail(f"must be a string or a list of strings, got {type(value).__name__}")
+    if len(values) > MAX_STOP_SEQUENCES:
+        fail(f"has {len(values)} sequences; at most {MAX_STOP_SEQUENCES} are allowed")
+    return tuple(values)
+
+
+StopSequence = Annotated[Text, NotEmpty(), MaxChars(MAX_STOP_CHARS)]
+
+
+class GenerationParameters(RequestParameters):
+    """Request parameters of text generation (v2, v1 and the OpenAI endpoints); None = omitted."""
+
+    max_tokens: Annotated[Integer, Between(1, MAX_TOKENS_LIMIT)] | None = Field(
+        None, description="new tokens at most (default PREDICTOR_DEFAULT_MAX_TOKENS, within the context left)"
+    )
+    temperature: Annotated[Number, Between(0, 2)] | None = Field(
+        None, description="0 = greedy (default: the model's generation_config, greedy when it does not sample)"
+    )
+    top_p: Annotated[Number, Between(0, 1), Positive()] | None = Field(
+        None, description="nucleus sampling mass (default: the model's generation_config)"
+    )
+    stop: Annotated[tuple[StopSequence, ...], BeforeValidator(stop_list)] = Field(
+        (), description="text that ends a row, not included in it (a string or a list)"
+    )
+    seed: Seed | None = Field(None, description="seed of the first prompt's sampler; prompt i uses seed + i")
+
+
+PARAMETER_NAMES = GenerationParameters.names()
 
 
 class TextGenerationTask(Task):
@@ -111,7 +161,7 @@ class TextGenerationTask(Task):
 
     def parse_v2(self, request: InferRequest) -> list[GenerateItem]:
         tensors.check_input_names(request, ["text_input"])
-        raw = tensors.request_parameters(request, PARAMETER_NAMES)
+        raw = v2_parameters(request, GenerationParameters)
         if "stop" in raw:
             raw["stop"] = v2_stop(raw["stop"])
         prompts = tensors.text_elements(request, "text_input", MAX_PROMPT_CHARS)
@@ -119,7 +169,7 @@ class TextGenerationTask(Task):
 
     def parse_v1(self, body: dict) -> list[GenerateItem]:
         instances, parameters = tensors.v1_instances(
-            body, self.limits.max_batch_size, '"prompt" or {"prompt": ...}', PARAMETER_NAMES
+            body, self.limits.max_batch_size, '"prompt" or {"prompt": ...}', GenerationParameters
         )
         prompts = []
         for index, instance in enumerate(instances):
@@ -144,43 +194,38 @@ class TextGenerationTask(Task):
         if not prompts:
             raise InvalidInput("give at least one prompt")
         tensors.check_batch(len(prompts), self.limits.max_batch_size, "prompts")
-        sampling = self.sampling(raw)
-        seed = raw.get("seed")
-        first = None if seed is None else tensors.seed(seed, len(prompts))
-        if first is None or sampling.greedy:
+        parameters = GenerationParameters.parse(raw, **seed_context(len(prompts)))
+        sampling = self.sampling(parameters)
+        if parameters.seed is None or sampling.greedy:
             seeds = [None] * len(prompts)
         else:  # one seed per prompt, as for images: prompt i samples with seed + i
-            seeds = [first + index for index in range(len(prompts))]
-        stop = stop_sequences(raw.get("stop"))
+            seeds = [parameters.seed + index for index in range(len(prompts))]
         items = []
         for index, prompt in enumerate(prompts):
             ids = tuple(self.backend.tokenizer.encode(prompt, add_special_tokens=not templated))
-            max_tokens = self._max_tokens(raw.get("max_tokens"), len(ids), f"prompt[{index}]")
+            max_tokens = self._max_tokens(parameters.max_tokens, len(ids), f"prompt[{index}]")
             sink = sink_for(index) if sink_for is not None else None
-            items.append(GenerateItem(ids, max_tokens, stop, sampling, sink, seed=seeds[index]))
+            items.append(GenerateItem(ids, max_tokens, parameters.stop, sampling, sink, seed=seeds[index]))
         return items
 
-    def sampling(self, raw: Mapping[str, Any]) -> SamplingParams:
+    def sampling(self, parameters: GenerationParameters) -> SamplingParams:
+        """The call's sampling: the request's, else the model's defaults (greedy unless it samples)."""
         defaults = self.backend.generation_defaults
-        default_temperature = defaults["temperature"] if defaults["do_sample"] else 0.0
-        temperature = raw.get("temperature")
-        temperature = default_temperature if temperature is None else tensors.number(temperature, "temperature", 0, 2)
-        top_p = raw.get("top_p")
-        top_p = defaults["top_p"] if top_p is None else tensors.number(top_p, "top_p", 0, 1)
-        if top_p == 0:
-            raise InvalidInput("parameter top_p must be greater than 0")
+        temperature = parameters.temperature
+        if temperature is None:
+            temperature = defaults["temperature"] if defaults["do_sample"] else 0.0
+        top_p = defaults["top_p"] if parameters.top_p is None else parameters.top_p
         if temperature == 0.0:
             return GREEDY  # every greedy item batches together
         return SamplingParams(temperature, top_p)
 
-    def _max_tokens(self, value: Any, prompt_tokens: int, where: str) -> int:
+    def _max_tokens(self, max_tokens: int | None, prompt_tokens: int, where: str) -> int:
         context = self.backend.context_length
         room = context - prompt_tokens
         if room < 1:
             raise InvalidInput(f"{where} has {prompt_tokens} tokens; the model's context is {context} tokens")
-        if value is None:
+        if max_tokens is None:
             return max(1, min(DEFAULT_MAX_TOKENS, room, MAX_TOKENS_LIMIT))
-        max_tokens = tensors.integer(value, "max_tokens", 1, MAX_TOKENS_LIMIT)
         if max_tokens > room:
             raise InvalidInput(
                 f"{where}: {prompt_tokens} prompt tokens + max_tokens {max_tokens} exceed the model's context of "
@@ -259,23 +304,3 @@ def v2_stop(value: Any) -> Any:
         if isinstance(decoded, list):
             return decoded
     return value
-
-
-def stop_sequences(value: Any) -> tuple[str, ...]:
-    """``stop``: None, a string, or a list of up to 4 non-empty strings."""
-    if value is None:
-        return ()
-    values = [value] if isinstance(value, (str, bytes)) else value
-    if not isinstance(values, (list, tuple)):
-        raise InvalidInput(f"parameter stop must be a string or a list of strings, got {type(value).__name__}")
-    if len(values) > MAX_STOP_SEQUENCES:
-        raise InvalidInput(f"parameter stop has {len(values)} sequences; at most {MAX_STOP_SEQUENCES} are allowed")
-    result = []
-    for index, stop in enumerate(values):
-        stop = tensors.as_text(stop, f"parameter stop[{index}]")
-        if not stop:
-            raise InvalidInput(f"parameter stop[{index}] is empty")
-        if len(stop) > MAX_STOP_CHARS:
-            raise InvalidInput(f"parameter stop[{index}] is longer than {MAX_STOP_CHARS} characters")
-        result.append(stop)
-    return tuple(result)

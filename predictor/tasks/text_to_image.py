@@ -17,22 +17,56 @@ import logging
 import random
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import numpy as np
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
+from pydantic import Field
 
 from predictor.tasks import tensors
 from predictor.tasks.base import Task
 from predictor.tasks.encoding import encode_png
+from predictor.tasks.params import (
+    MAX_SEED,
+    Between,
+    Integer,
+    MultipleOf,
+    Number,
+    RequestParameters,
+    Seed,
+    ServerDefault,
+    seed_context,
+    v1_parameters,
+    v2_parameters,
+)
 
 logger = logging.getLogger(__name__)
 
 INLINE_ENCODE_PIXELS = 128 * 128  # results up to this many pixels are encoded on the event loop
-PARAMETER_NAMES = ("num_inference_steps", "guidance_scale", "height", "width", "seed")
 MAX_GUIDANCE_SCALE = 50.0
 MAX_PROMPT_CHARS = 4096
+
+
+class ImageParameters(RequestParameters):
+    """Request parameters of text-to-image (v2 parameters, v1 ``parameters`` or per instance)."""
+
+    num_inference_steps: Annotated[Integer, Between(1, "max_steps")] = Field(
+        ServerDefault("default_steps"), description="denoising steps (default --default_steps, at most --max_steps)"
+    )
+    guidance_scale: Annotated[Number, Between(0.0, MAX_GUIDANCE_SCALE)] = Field(
+        7.5, description="classifier-free guidance scale; above 1 the negative prompt steers away"
+    )
+    height: Annotated[Integer, Between(8, "max_height"), MultipleOf(8)] = Field(
+        ServerDefault("default_height"), description="image height in pixels (default --default_height or the model's)"
+    )
+    width: Annotated[Integer, Between(8, "max_width"), MultipleOf(8)] = Field(
+        ServerDefault("default_width"), description="image width in pixels (default --default_width or the model's)"
+    )
+    seed: Seed | None = Field(None, description="seed of the first image; image i uses seed + i (default: random)")
+
+
+PARAMETER_NAMES = ImageParameters.names()
 
 
 @dataclass(frozen=True)
@@ -157,7 +191,7 @@ class TextToImageTask(Task):
             raise InvalidInput(
                 f"input 'negative_prompt' has {len(negatives)} elements; it must match 'prompt' ({len(prompts)})"
             )
-        return self._items(prompts, negatives, tensors.request_parameters(request, PARAMETER_NAMES))
+        return self._items(prompts, negatives, v2_parameters(request, ImageParameters))
 
     def parse_v1(self, body: dict) -> list[ImageItem]:
         instances = body.get("instances")
@@ -165,7 +199,7 @@ class TextToImageTask(Task):
             raise InvalidInput('v1 body must be {"instances": [{"prompt": ...}, ...]} with at least one instance')
         if len(instances) > self.limits.max_batch_size:
             raise InvalidInput(f"{len(instances)} instances exceed the batch limit of {self.limits.max_batch_size}")
-        defaults = tensors.v1_parameters(body, PARAMETER_NAMES)
+        defaults = v1_parameters(body, ImageParameters)
         items: list[ImageItem] = []
         for index, instance in enumerate(instances):
             if isinstance(instance, str):
@@ -201,36 +235,37 @@ class TextToImageTask(Task):
                 raise InvalidInput(f"{where}: prompt[{index}] is empty")
             if len(prompt) > MAX_PROMPT_CHARS:
                 raise InvalidInput(f"{where}: prompt[{index}] is longer than {MAX_PROMPT_CHARS} characters")
-        params = self._params(raw, where)
-        seed = raw.get("seed")
-        if seed is None:
-            base_seed = random.randint(0, tensors.MAX_SEED - (len(prompts) - 1))
-        else:
-            base_seed = tensors.seed(seed, len(prompts), where)
+        params, seed = self._params(raw, where, len(prompts))
+        base_seed = random.randint(0, MAX_SEED - (len(prompts) - 1)) if seed is None else seed
         negatives = negatives or [""] * len(prompts)
         return [
             ImageItem(prompt=prompt, negative_prompt=negative, params=params, seed=base_seed + index)
             for index, (prompt, negative) in enumerate(zip(prompts, negatives, strict=True))
         ]
 
-    def _params(self, raw: Mapping[str, Any], where: str) -> ImageParams:
+    def _params(self, raw: Mapping[str, Any], where: str, count: int) -> tuple[ImageParams, int | None]:
+        """The call's parameters and the first seed (None: random), checked against the server's limits."""
         default_height, default_width = self.default_size
         limits = self.limits
-        steps = tensors.integer(
-            raw.get("num_inference_steps", limits.default_steps), "num_inference_steps", 1, limits.max_steps, where
+        parsed = ImageParameters.parse(
+            raw,
+            where,
+            default_steps=limits.default_steps,
+            max_steps=limits.max_steps,
+            default_height=default_height,
+            max_height=limits.max_height,
+            default_width=default_width,
+            max_width=limits.max_width,
+            **seed_context(count),
         )
-        guidance = tensors.number(raw.get("guidance_scale", 7.5), "guidance_scale", 0.0, MAX_GUIDANCE_SCALE, where)
-        height = tensors.integer(raw.get("height", default_height), "height", 8, limits.max_height, where)
-        width = tensors.integer(raw.get("width", default_width), "width", 8, limits.max_width, where)
-        for name, value in (("height", height), ("width", width)):
-            if value % 8:
-                raise InvalidInput(f"{where}: {name} must be a multiple of 8, got {value}")
+        height, width = parsed.height, parsed.width
         fixed = self.accepted_size
         if fixed and (height, width) != fixed:
             raise InvalidInput(
                 f"{where}: this model was compiled for {fixed[0]}x{fixed[1]} images; got height={height}, width={width}"
             )
-        return ImageParams(num_inference_steps=steps, guidance_scale=guidance, height=height, width=width)
+        params = ImageParams(parsed.num_inference_steps, parsed.guidance_scale, height, width)
+        return params, parsed.seed
 
     # ---------------------------------------------------------------- running
 

@@ -7,7 +7,7 @@ from kserve.errors import InvalidInput
 
 from predictor.backends.causal_lm import catch_up
 from predictor.tasks.generation import GenerateItem, RowState, SamplingParams
-from predictor.tasks.text_generation import stop_sequences, v2_stop
+from predictor.tasks.text_generation import GenerationParameters, v2_stop
 
 EOS = 0
 GREEDY = SamplingParams(0.0, 1.0)
@@ -137,13 +137,13 @@ def test_row_criteria_reports_done_rows_and_padding():
     [(None, ()), ("x", ("x",)), (["a", "b"], ("a", "b")), ((), ()), (b"s", ("s",))],
 )
 def test_stop_sequences(value, expected):
-    assert stop_sequences(value) == expected
+    assert GenerationParameters.parse({"stop": value}).stop == expected
 
 
 @pytest.mark.parametrize("value", [["a"] * 5, [""], [3], {"a": 1}, ["x" * 300]])
 def test_bad_stop_sequences(value):
     with pytest.raises(InvalidInput):
-        stop_sequences(value)
+        GenerationParameters.parse({"stop": value})
 
 
 def test_v2_stop_json_array_in_a_string():
