@@ -4,8 +4,8 @@ A task (this package) reads requests into work items, validates them, and writes
 a backend (``predictor.backends``) runs the items on a device. Imports go backends -> tasks, never
 the other way: a task gets its backend from the loader ``predictor.backends.task_factory`` gives it.
 
-Like KServe's huggingfaceserver (``huggingfaceserver/__main__.py``, its one task table), the task is
-read from the model's own config with one lookup table: diffusers' ``model_index.json``
+Like KServe's huggingfaceserver (``huggingfaceserver/task.py`` ``ARCHITECTURES_2_TASK``), the task
+is read from the model's own config with one lookup table: diffusers' ``model_index.json``
 ``_class_name`` or transformers' ``config.json`` ``architectures``.
 """
 
