@@ -224,9 +224,7 @@ class LlamaCppBackend:
         if len(rows) > self.max_sequences:
             raise ValueError(f"{len(rows)} rows exceed the context's {self.max_sequences} sequences")
         states = row_states(list(range(len(rows))))
-        generators = [
-            np.random.default_rng(random.randint(0, MAX_SEED) if seed is None else seed) for seed in seeds
-        ]
+        generators = [np.random.default_rng(random.randint(0, MAX_SEED) if seed is None else seed) for seed in seeds]
         self.context.kv_cache_clear()
         logits = self._prefill(rows)
         positions = [len(row) for row in rows]

@@ -121,7 +121,9 @@ class Between(Check):
         self.low, self.high = low, high
 
     def __call__(self, value: float, info: ValidationInfo) -> float:
-        low, high = (_context_value(bound, info) if isinstance(bound, str) else bound for bound in (self.low, self.high))
+        low, high = (
+            _context_value(bound, info) if isinstance(bound, str) else bound for bound in (self.low, self.high)
+        )
         if not low <= value <= high:  # also rejects NaN
             # integers as converted (a float 1e3 is 1000), numbers as sent (a string stays quoted)
             fail(f"must be between {low} and {high}", RAW if isinstance(value, float) else str(value))

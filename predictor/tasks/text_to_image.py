@@ -304,4 +304,3 @@ class TextToImageTask(Task):
 
     def v1_predictions(self, results) -> list[dict]:
         return [{"image": encode_png(image)} for image in results]
-

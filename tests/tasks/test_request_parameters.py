@@ -65,5 +65,7 @@ def test_bounds_from_the_model_are_context_values():
 
 
 def test_unknown_names_are_refused_before_any_value_is_read():
-    with pytest.raises(InvalidInput, match=r"unknown parameter\(s\) \['treshold'\]; supported: \['threshold', 'top_k'\]"):
+    with pytest.raises(
+        InvalidInput, match=r"unknown parameter\(s\) \['treshold'\]; supported: \['threshold', 'top_k'\]"
+    ):
         DetectParameters.parse({"treshold": object()})
