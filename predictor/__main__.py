@@ -19,7 +19,7 @@ def _fail(message: str) -> int:
 
 def _check_backend(model_dir: str, device_kind: str, args) -> str | None:
     """Resolve --backend for text generation now (a clear exit, not a failed load); None when usable."""
-    from predictor.pipelines.text_generation import select_backend
+    from predictor.backends import select_backend
 
     try:
         args.backend = select_backend(model_dir, device_kind, args.backend)
@@ -28,11 +28,11 @@ def _check_backend(model_dir: str, device_kind: str, args) -> str | None:
     logger.info("text-generation backend: %s", args.backend)
     try:
         if args.backend == "llama.cpp":
-            from predictor.pipelines.llama_cpp_backend import import_llama_cpp
+            from predictor.backends.llama_cpp import import_llama_cpp
 
             import_llama_cpp()
         elif args.backend == "vllm":
-            from predictor.pipelines.vllm_backend import import_vllm
+            from predictor.backends.vllm import import_vllm
 
             import_vllm()
     except RuntimeError as error:
@@ -45,7 +45,7 @@ def _use_engine_batching(model, task, args) -> None:
     if args.backend != "vllm":
         return
     from predictor import metrics
-    from predictor.pipelines.vllm_backend import EngineSubmitter
+    from predictor.backends.vllm import EngineSubmitter
 
     model.batcher = EngineSubmitter(
         task,
@@ -76,10 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("--model_name is required")
 
     from predictor import metrics
+    from predictor.backends import task_factory
     from predictor.device import DeviceUnavailableError, detect_device
-    from predictor.pipelines import UnknownTaskError, infer_task, task_class
-    from predictor.pipelines.base import ServingLimits
     from predictor.storage import ModelSourceError, prepare_model_dir, weights_variant
+    from predictor.tasks import UnknownTaskError, infer_task
+    from predictor.tasks.base import ServingLimits
 
     try:
         device = detect_device(args.device)
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     if device.kind == "neuron":
-        from predictor.pipelines.neuron import NeuronSDKMissingError, import_optimum_neuron
+        from predictor.backends.neuron import NeuronSDKMissingError, import_optimum_neuron
 
         try:
             import_optimum_neuron()
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model_dir, args.model_id, args.model_revision, variant=variant, neuron=device.kind == "neuron"
         )
         task_name = infer_task(model_dir) if args.task == "auto" else args.task
-        task_factory = task_class(task_name)
+        build_task = task_factory(task_name)
     except (ModelSourceError, UnknownTaskError) as error:
         return _fail(str(error))
     logger.info("serving task %s from %s as model %r", task_name, model_dir, args.model_name)
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "context_length": args.context_length,
         "max_batch_size": args.max_batch_size,
     }
-    task = task_factory(str(model_dir), device, limits, options)
+    task = build_task(str(model_dir), device, limits, options)
 
     from predictor.http_lifecycle import install_lifecycle_middleware
     from predictor.lifecycle import LifecycleModelServer

@@ -33,7 +33,7 @@ from predictor import device_health, metrics
 from predictor.batching import BatchStats, DynamicBatcher, QueueFullError
 from predictor.device import DeviceInfo
 from predictor.lifecycle import Lifecycle, ModelLoading, ShuttingDown
-from predictor.pipelines.base import Task
+from predictor.tasks.base import Task
 
 logger = logging.getLogger(__name__)
 

@@ -25,35 +25,88 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any, Self
 
 from fastapi import Request  # at module level: the route signatures below are resolved from these globals
 from kserve.errors import InvalidInput, ModelNotReady
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
 
 from predictor.batching import QueueFullError
 from predictor.model import PredictorModel
-from predictor.pipelines.text_generation import GenerateItem, Generation, TextGenerationTask
+from predictor.tasks.generation import GenerateItem, Generation
+from predictor.tasks.params import Check, fail
+from predictor.tasks.text_generation import GenerationParameters, TextGenerationTask
 
 ROUTE_PREFIX = os.environ.get("KSERVE_OPENAI_ROUTE_PREFIX", "/openai")
 if ROUTE_PREFIX and not ROUTE_PREFIX.startswith("/"):
     ROUTE_PREFIX = "/" + ROUTE_PREFIX
 
 CHAT_ROLES = ("system", "user", "assistant", "developer")
-# Fields that change what a response means: accepted only at their defaults (or left out). Anything
-# else OpenAI defines (user, metadata, ...) is accepted and ignored.
-UNSUPPORTED_UNLESS = {
-    "n": (1,),
-    "best_of": (1,),
-    "echo": (False,),
-    "logprobs": (False, 0),  # completions: an int; chat: a bool
-    "top_logprobs": (0,),
-    "suffix": ("",),
-    "tools": ([],),
-    "functions": ([],),
-    "logit_bias": ({},),
-    "frequency_penalty": (0,),
-    "presence_penalty": (0,),
-}
+
+
+class OnlyDefault(Check):
+    """A field that changes what a response means and that this server does not implement:
+    accepted only at its OpenAI default (or left out)."""
+
+    def __init__(self, *defaults: Any):
+        self.defaults = defaults
+
+    def __call__(self, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not _is_default(value, self.defaults):
+            fail(f"{info.field_name}={value!r} is not supported")
+        return value
+
+
+def _boolean(value: Any, info: ValidationInfo) -> bool:
+    if not isinstance(value, bool):
+        fail(f"{info.field_name} must be a boolean")
+    return value
+
+
+def _object_or_none(value: Any, info: ValidationInfo) -> dict | None:
+    if value is not None and not isinstance(value, dict):
+        fail(f"{info.field_name} must be an object")
+    return value
+
+
+class OpenAIOptions(BaseModel):
+    """The fields of an OpenAI completions body this server reads or refuses, besides the prompt and
+    ``GenerationParameters``. Anything else OpenAI defines (user, metadata, ...) is accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    n: Annotated[Any, OnlyDefault(1)] = Field(None, description="choices per prompt: only 1")
+    best_of: Annotated[Any, OnlyDefault(1)] = Field(None, description="server-side candidates: only 1")
+    echo: Annotated[Any, OnlyDefault(False)] = Field(None, description="prompt echoed in the text: no")
+    logprobs: Annotated[Any, OnlyDefault(False, 0)] = Field(None, description="completions: an int; chat: a bool")
+    top_logprobs: Annotated[Any, OnlyDefault(0)] = Field(None, description="not returned")
+    suffix: Annotated[Any, OnlyDefault("")] = Field(None, description="insertion: not supported")
+    tools: Annotated[Any, OnlyDefault([])] = Field(None, description="tool calls: not supported")
+    functions: Annotated[Any, OnlyDefault([])] = Field(None, description="function calls: not supported")
+    logit_bias: Annotated[Any, OnlyDefault({})] = Field(None, description="not supported")
+    frequency_penalty: Annotated[Any, OnlyDefault(0)] = Field(None, description="not supported")
+    presence_penalty: Annotated[Any, OnlyDefault(0)] = Field(None, description="not supported")
+    stream: Annotated[bool, BeforeValidator(_boolean)] = Field(False, description="server-sent events as generated")
+    stream_options: Annotated[dict | None, BeforeValidator(_object_or_none)] = Field(
+        None, description='{"include_usage": true} adds a usage chunk at the end of a stream'
+    )
+
+    @classmethod
+    def parse(cls, body: dict) -> Self:
+        """The options of ``body``; the first problem is a 400 naming its field (OpenAI's ``param``)."""
+        try:
+            return cls.model_validate(body)
+        except ValidationError as error:
+            problem = error.errors(include_url=False)[0]
+            param = str(problem["loc"][0]) if problem["loc"] else None
+            raise OpenAIError(HTTPStatus.BAD_REQUEST, problem["msg"], param) from None
+
+
+class ChatOptions(OpenAIOptions):
+    """Chat completions add tool choice and response formats: only none and plain text."""
+
+    tool_choice: Annotated[Any, OnlyDefault("none")] = Field(None, description="tool calls: not supported")
+    response_format: Annotated[Any, OnlyDefault({"type": "text"})] = Field(None, description="only plain text")
 
 
 class OpenAIError(Exception):
@@ -77,6 +130,7 @@ class OpenAITextGenerationModel(PredictorModel):
 
     async def create_completion(self, body: Any) -> dict | AsyncIterator[str]:
         request = self._check_request(body)
+        options = OpenAIOptions.parse(request)
         prompt = request.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
@@ -85,20 +139,16 @@ class OpenAITextGenerationModel(PredictorModel):
             )
         if any(not p for p in prompts):
             raise OpenAIError(HTTPStatus.BAD_REQUEST, "prompt must not be empty", "prompt")
-        return await self._run(request, prompts, templated=False, chat=False)
+        return await self._run(request, options, prompts, templated=False, chat=False)
 
     async def create_chat_completion(self, body: Any) -> dict | AsyncIterator[str]:
         request = self._check_request(body)
-        if request.get("tool_choice") not in (None, "none"):
-            raise OpenAIError(HTTPStatus.BAD_REQUEST, "tools are not supported", "tool_choice")
-        response_format = request.get("response_format")
-        if response_format not in (None, {"type": "text"}):
-            raise OpenAIError(HTTPStatus.BAD_REQUEST, "only response_format {'type': 'text'} is supported")
+        options = ChatOptions.parse(request)
         messages = _chat_messages(request.get("messages"))
         if request.get("max_completion_tokens") is not None:
             request = {**request, "max_tokens": request["max_completion_tokens"]}
         prompt = await self._invalid_as_400(self.task.off_loop(self.task.chat_prompt, messages), "messages")
-        return await self._run(request, [prompt], templated=True, chat=True)
+        return await self._run(request, options, [prompt], templated=True, chat=True)
 
     # ---------------------------------------------------------------- common
 
@@ -112,16 +162,6 @@ class OpenAITextGenerationModel(PredictorModel):
             )
         if not self.ready:
             raise OpenAIError(HTTPStatus.SERVICE_UNAVAILABLE, f"model {self.name!r} is still loading")
-        for name, defaults in UNSUPPORTED_UNLESS.items():
-            value = body.get(name)
-            if value is not None and not _is_default(value, defaults):
-                raise OpenAIError(HTTPStatus.BAD_REQUEST, f"{name}={value!r} is not supported", name)
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise OpenAIError(HTTPStatus.BAD_REQUEST, "stream must be a boolean", "stream")
-        options = body.get("stream_options")
-        if options is not None and not isinstance(options, dict):
-            raise OpenAIError(HTTPStatus.BAD_REQUEST, "stream_options must be an object", "stream_options")
         return body
 
     async def _invalid_as_400(self, parsing, param: str | None = None):
@@ -131,10 +171,12 @@ class OpenAITextGenerationModel(PredictorModel):
         except InvalidInput as error:
             raise OpenAIError(HTTPStatus.BAD_REQUEST, str(error), param) from None
 
-    async def _run(self, request: Mapping[str, Any], prompts: list[str], templated: bool, chat: bool):
-        raw = {key: request.get(key) for key in ("max_tokens", "temperature", "top_p", "stop", "seed")}
-        stream = bool(request.get("stream"))
-        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+    async def _run(
+        self, request: Mapping[str, Any], options: OpenAIOptions, prompts: list[str], templated: bool, chat: bool
+    ):
+        raw = {key: request.get(key) for key in GenerationParameters.names()}
+        stream = options.stream
+        include_usage = bool((options.stream_options or {}).get("include_usage"))
         response = _Response(self.name, chat, len(prompts))
         if not stream:
             items = await self._invalid_as_400(self.task.off_loop(self.task.items, prompts, raw, templated=templated))

@@ -38,7 +38,7 @@ def _wait_for_file(path: str | None) -> None:
 def _install_faults() -> None:
     import torch
 
-    from predictor.pipelines.text_to_image import TextToImageTask
+    from predictor.tasks.text_to_image import TextToImageTask
 
     real_load, real_run_batch = TextToImageTask.load, TextToImageTask.run_batch
 

@@ -9,9 +9,9 @@ import types
 
 import pytest
 
-from predictor.pipelines import neuron
-from predictor.pipelines.neuron import NeuronImageBackend, NeuronSDKMissingError, compiled_shapes
-from predictor.pipelines.text_to_image import ImageParams
+from predictor.backends import neuron
+from predictor.backends.neuron import NeuronImageBackend, NeuronSDKMissingError, compiled_shapes
+from predictor.tasks.text_to_image import ImageParams
 
 
 class FakeImage:
@@ -75,9 +75,9 @@ def test_missing_sdk_is_a_clear_error(monkeypatch):
 
 def test_cpu_serving_never_imports_the_neuron_sdk(tiny_model):
     code = (
-        "import sys; from predictor.device import detect_device; from predictor.pipelines import task_class;"
-        "from predictor.pipelines.base import ServingLimits;"
-        f"t = task_class('text-to-image')({str(tiny_model)!r}, detect_device('cpu'), ServingLimits(), {{}}); t.load();"
+        "import sys; from predictor.device import detect_device; from predictor.backends import task_factory;"
+        "from predictor.tasks.base import ServingLimits;"
+        f"t = task_factory('text-to-image')({str(tiny_model)!r}, detect_device('cpu'), ServingLimits(), {{}}); t.load();"
         "print(sorted(m for m in sys.modules if m.startswith(('optimum', 'torch_neuronx', 'torch_xla'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)

@@ -267,7 +267,8 @@ def test_weights_variant_per_device_and_dtype(device, dtype, variant):
 
 
 def _generate_one(model_dir, device="cpu", dtype="auto"):
-    from predictor.pipelines.text_to_image import DiffusersBackend, ImageParams
+    from predictor.backends.diffusers import DiffusersBackend
+    from predictor.tasks.text_to_image import ImageParams
 
     backend = DiffusersBackend(str(model_dir), device, dtype=dtype)
     (image,) = backend.generate(["a cat"], [""], ImageParams(2, 7.5, 64, 64), [1])

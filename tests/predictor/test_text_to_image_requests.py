@@ -7,8 +7,8 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 
 from predictor.device import DeviceInfo
-from predictor.pipelines.base import ServingLimits
-from predictor.pipelines.text_to_image import ImageParams, TextToImageTask
+from predictor.tasks.base import ServingLimits
+from predictor.tasks.text_to_image import ImageParams, TextToImageTask
 
 
 class StubBackend:

@@ -16,9 +16,10 @@ import pytest
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 
+from predictor.backends.diffusers import DiffusersBackend
 from predictor.device import DeviceInfo
-from predictor.pipelines.base import ServingLimits
-from predictor.pipelines.text_to_image import DiffusersBackend, TextToImageTask
+from predictor.tasks.base import ServingLimits
+from predictor.tasks.text_to_image import TextToImageTask
 
 
 def _task(backend, max_batch_size: int) -> TextToImageTask:

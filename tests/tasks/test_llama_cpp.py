@@ -150,7 +150,7 @@ def test_concurrent_rows_decode_together_and_keep_their_own_answers(generator):
 
 
 def test_backend_choice(tmp_path, gguf_model):
-    from predictor.pipelines.text_generation import select_backend
+    from predictor.backends import select_backend
 
     assert select_backend(str(gguf_model.parent), "cpu") == "llama.cpp"
     assert select_backend(str(gguf_model.parent), "cpu", "llama.cpp") == "llama.cpp"
@@ -164,8 +164,8 @@ def test_backend_choice(tmp_path, gguf_model):
 
 
 def test_gguf_directory_is_a_text_generation_model(gguf_model):
-    from predictor.pipelines import infer_task
     from predictor.storage import has_model
+    from predictor.tasks import infer_task
 
     assert has_model(gguf_model.parent) and infer_task(gguf_model.parent) == "text-generation"
 
@@ -181,7 +181,7 @@ def test_gguf_directory_is_a_text_generation_model(gguf_model):
     ],
 )
 def test_threads_follow_the_container_cpu_limit(tmp_path, monkeypatch, files, cpus):
-    from predictor.pipelines import llama_cpp_backend
+    from predictor.backends import llama_cpp as llama_cpp_backend
 
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -201,7 +201,7 @@ def test_tiny_models_cli_writes_a_gguf_llama_cpp_loads(tmp_path, gguf_type, desc
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
-    from predictor.pipelines.llama_cpp_backend import LlamaCppBackend, gguf_file
+    from predictor.backends.llama_cpp import LlamaCppBackend, gguf_file
 
     backend = LlamaCppBackend(gguf_file(tmp_path), max_sequences=1, threads=1)
     assert described in backend.model.desc()

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from predictor.device import DeviceInfo
-from predictor.pipelines.base import ServingLimits
+from predictor.tasks.base import ServingLimits
 from predictor.tiny_models import build
 from tests.tasks.helpers import png
 
@@ -98,8 +98,8 @@ def fake_sdk(monkeypatch):
 
 
 def test_missing_sdk_is_a_clear_error(monkeypatch):
-    from predictor.pipelines.neuron import NeuronSDKMissingError
-    from predictor.pipelines.neuron_transformers import NeuronCausalLMBackend
+    from predictor.backends.neuron import NeuronSDKMissingError
+    from predictor.backends.neuron_transformers import NeuronCausalLMBackend
 
     monkeypatch.setitem(sys.modules, "optimum.neuron", None)  # as if not installed
     with pytest.raises(NeuronSDKMissingError, match="AWS Neuron SDK"):
@@ -114,9 +114,9 @@ def neuron_llm_dir(tmp_path_factory):
 
 
 def _llm_task(model_dir):
-    from predictor.pipelines.text_generation import TextGenerationTask
+    from predictor.backends import task_factory
 
-    task = TextGenerationTask(str(model_dir), NEURON, ServingLimits(max_batch_size=4), {})
+    task = task_factory("text-generation")(str(model_dir), NEURON, ServingLimits(max_batch_size=4), {})
     task.load()
     return task
 
@@ -163,14 +163,14 @@ def test_causal_lm_context_is_the_compiled_sequence_length(fake_sdk, neuron_llm_
 
 
 def test_text_classifier_pads_to_compiled_shapes(fake_sdk, tmp_path):
-    from predictor.pipelines.classification import TextClassificationTask
+    from predictor.backends import task_factory
 
     directory = build("text-classification", tmp_path / "bert")
     config = json.loads((directory / "config.json").read_text())
     config["neuron"] = {"static_batch_size": 2, "static_sequence_length": 16}
     (directory / "config.json").write_text(json.dumps(config))
 
-    task = TextClassificationTask(str(directory), NEURON, ServingLimits(), {})
+    task = task_factory("text-classification")(str(directory), NEURON, ServingLimits(), {})
     task.load()
     sdk_class = fake_sdk.NeuronModelForSequenceClassification
     assert sdk_class.loaded_from == [str(directory)]
@@ -182,16 +182,17 @@ def test_text_classifier_pads_to_compiled_shapes(fake_sdk, tmp_path):
 
 
 def test_image_classifier_resizes_to_compiled_size(fake_sdk, tmp_path):
-    from predictor.pipelines.classification import ImageClassificationTask, read_image
+    from predictor.backends import task_factory
+    from predictor.tasks.images import read_image
 
     directory = build("image-classification", tmp_path / "vit")
     config = json.loads((directory / "config.json").read_text())
     config["neuron"] = {"static_batch_size": 1, "static_height": 32, "static_width": 32}
     (directory / "config.json").write_text(json.dumps(config))
 
-    task = ImageClassificationTask(str(directory), NEURON, ServingLimits(), {})
+    task = task_factory("image-classification")(str(directory), NEURON, ServingLimits(), {})
     task.load()
-    from predictor.pipelines.classification import ClassifyItem
+    from predictor.tasks.classification import ClassifyItem
 
     results = task.run_batch([ClassifyItem(read_image(png(50, 20, i), "x"), 3) for i in range(2)])
     calls = fake_sdk.NeuronModelForImageClassification.calls

@@ -248,6 +248,9 @@ def test_chat_template_applied(generator):
         ("chat/completions", {"model": "llama", "messages": [{"role": "user", "content": 3}]}, 400, "content"),
         ("chat/completions", {"model": "llama", "messages": [{"role": "user", "content": "x"}],
                               "tools": [{"type": "function"}]}, 400, "tools"),
+        ("completions", {"model": "llama", "prompt": "x", "stream": "yes"}, 400, "stream must be a boolean"),
+        ("chat/completions", {"model": "llama", "messages": [{"role": "user", "content": "x"}],
+                              "response_format": {"type": "json_object"}}, 400, "response_format"),
     ],
 )  # fmt: skip
 def test_openai_errors(generator, path, body, status, expected):

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from predictor.pipelines.text_generation import GenerateItem, RowState, SamplingParams, fitting_groups
+from predictor.tasks.generation import GenerateItem, RowState, SamplingParams, fitting_groups
 from tests.predictor.harness import start_server, stop_server
 
 SAMPLED = {"max_tokens": 12, "temperature": 1.0, "top_p": 0.95}
@@ -145,11 +145,11 @@ def test_items_that_fit_together_share_one_call():
 
 @pytest.fixture(scope="module")
 def tiny_llm_task(tiny_models):
+    from predictor.backends import task_factory
     from predictor.device import DeviceInfo
-    from predictor.pipelines.base import ServingLimits
-    from predictor.pipelines.text_generation import TextGenerationTask
+    from predictor.tasks.base import ServingLimits
 
-    task = TextGenerationTask(str(tiny_models["text-generation"]), DeviceInfo("cpu", 1), ServingLimits(), {})
+    task = task_factory("text-generation")(str(tiny_models["text-generation"]), DeviceInfo("cpu", 1), ServingLimits(), {})
     task.load()
     return task
 

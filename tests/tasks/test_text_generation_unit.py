@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 from kserve.errors import InvalidInput
 
-from predictor.pipelines.text_generation import (
-    GenerateItem,
-    RowState,
-    SamplingParams,
-    catch_up,
-    stop_sequences,
-    v2_stop,
-)
+from predictor.backends.causal_lm import catch_up
+from predictor.tasks.generation import GenerateItem, RowState, SamplingParams
+from predictor.tasks.text_generation import GenerationParameters, v2_stop
 
 EOS = 0
 GREEDY = SamplingParams(0.0, 1.0)
@@ -128,7 +123,7 @@ def test_catch_up_feeds_tokens_a_backend_did_not_report():
 def test_row_criteria_reports_done_rows_and_padding():
     import torch
 
-    from predictor.pipelines.text_generation import row_criteria
+    from predictor.backends.causal_lm import row_criteria
 
     rows = [_row(max_tokens=1), _row(max_tokens=5)]
     criteria = row_criteria([rows[0], rows[1], None])
@@ -142,13 +137,13 @@ def test_row_criteria_reports_done_rows_and_padding():
     [(None, ()), ("x", ("x",)), (["a", "b"], ("a", "b")), ((), ()), (b"s", ("s",))],
 )
 def test_stop_sequences(value, expected):
-    assert stop_sequences(value) == expected
+    assert GenerationParameters.parse({"stop": value}).stop == expected
 
 
 @pytest.mark.parametrize("value", [["a"] * 5, [""], [3], {"a": 1}, ["x" * 300]])
 def test_bad_stop_sequences(value):
     with pytest.raises(InvalidInput):
-        stop_sequences(value)
+        GenerationParameters.parse({"stop": value})
 
 
 def test_v2_stop_json_array_in_a_string():
@@ -161,8 +156,8 @@ def test_chat_needs_a_template():
     from types import SimpleNamespace
 
     from predictor.device import DeviceInfo
-    from predictor.pipelines.base import ServingLimits
-    from predictor.pipelines.text_generation import TextGenerationTask
+    from predictor.tasks.base import ServingLimits
+    from predictor.tasks.text_generation import TextGenerationTask
 
     backend = SimpleNamespace(tokenizer=SimpleNamespace(chat_template=None))
     task = TextGenerationTask("/nowhere", DeviceInfo("cpu", 1), ServingLimits(), {}, backend=backend)

@@ -185,7 +185,7 @@ def test_backend_vllm_without_vllm_exits_with_a_clear_message(hf_model):
 
 
 def test_cpu_serving_never_imports_vllm():
-    from predictor.pipelines.text_generation import select_backend
+    from predictor.backends import select_backend
 
     assert "vllm" not in sys.modules
     assert select_backend(str(ROOT), "cpu") == "transformers"

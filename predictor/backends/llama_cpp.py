@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from predictor.pipelines import tensors
+from predictor.tasks.params import MAX_SEED
 
 logger = logging.getLogger(__name__)
 
@@ -217,16 +217,14 @@ class LlamaCppBackend:
 
     # ---------------------------------------------------------------- generation
 
-    def generate(self, rows, max_new_tokens, sampling, criteria, seeds):
+    def generate(self, rows, max_new_tokens, sampling, row_states, seeds):
         """Decode ``rows`` as parallel sequences; every new token goes to its row's state (stop, stream)."""
         import numpy as np
 
         if len(rows) > self.max_sequences:
             raise ValueError(f"{len(rows)} rows exceed the context's {self.max_sequences} sequences")
-        states = criteria(list(range(len(rows)))).rows
-        generators = [
-            np.random.default_rng(random.randint(0, tensors.MAX_SEED) if seed is None else seed) for seed in seeds
-        ]
+        states = row_states(list(range(len(rows))))
+        generators = [np.random.default_rng(random.randint(0, MAX_SEED) if seed is None else seed) for seed in seeds]
         self.context.kv_cache_clear()
         logits = self._prefill(rows)
         positions = [len(row) for row in rows]

@@ -1,8 +1,12 @@
-"""Pipeline registry: which task a model directory holds, and the class that serves it.
+"""The protocol side of each served task, and which task a model directory holds.
 
-Like KServe's huggingfaceserver, the task is read from the model's own config with one lookup
-table: diffusers' ``model_index.json`` ``_class_name`` or transformers' ``config.json``
-``architectures``. Tasks register themselves by name; the server only sees the registry.
+A task (this package) reads requests into work items, validates them, and writes results back;
+a backend (``predictor.backends``) runs the items on a device. Imports go backends -> tasks, never
+the other way: a task gets its backend from the loader ``predictor.backends.task_factory`` gives it.
+
+Like KServe's huggingfaceserver (``huggingfaceserver/task.py`` ``ARCHITECTURES_2_TASK``), the task
+is read from the model's own config with one lookup table: diffusers' ``model_index.json``
+``_class_name`` or transformers' ``config.json`` ``architectures``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from predictor.pipelines.base import ServingLimits, Task
+from predictor.tasks.base import ServingLimits, Task
 
 # Class name in the model's config -> task. Neuron exports keep the diffusers class name.
 TASK_BY_CLASS: dict[str, str] = {
@@ -82,13 +86,13 @@ TASK_BY_CLASS: dict[str, str] = {
     ),
 }
 
-# Task name -> "module:Class"; imported only when that task is served.
+# Task name -> "module:Class" of its protocol side; imported only when that task is served.
 TASK_IMPLEMENTATIONS: dict[str, str] = {
-    "text-to-image": "predictor.pipelines.text_to_image:TextToImageTask",
-    "text-classification": "predictor.pipelines.classification:TextClassificationTask",
-    "image-classification": "predictor.pipelines.classification:ImageClassificationTask",
-    "object-detection": "predictor.pipelines.detection:ObjectDetectionTask",
-    "text-generation": "predictor.pipelines.text_generation:TextGenerationTask",
+    "text-to-image": "predictor.tasks.text_to_image:TextToImageTask",
+    "text-classification": "predictor.tasks.classification:TextClassificationTask",
+    "image-classification": "predictor.tasks.classification:ImageClassificationTask",
+    "object-detection": "predictor.tasks.detection:ObjectDetectionTask",
+    "text-generation": "predictor.tasks.text_generation:TextGenerationTask",
 }
 
 

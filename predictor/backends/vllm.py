@@ -41,8 +41,10 @@ from typing import Any
 
 from kserve.errors import InvalidInput
 
+from predictor.backends.tokenizers import eos_token_ids, generation_defaults
 from predictor.batching import BatchStats, QueueFullError
 from predictor.device_health import UNRECOVERABLE
+from predictor.tasks.generation import RowState
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +95,6 @@ class VLLMBackend:
     def __init__(self, model_dir: str, device_kind: str, options: Mapping[str, Any], api: dict | None = None):
         from transformers import AutoTokenizer, GenerationConfig
 
-        from predictor.pipelines.text_generation import _defaults, _eos_ids
-
         self.api = api or import_vllm()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.decoder = AutoTokenizer.from_pretrained(model_dir)  # used on the event loop only
@@ -112,8 +112,8 @@ class VLLMBackend:
             generation_config = GenerationConfig.from_pretrained(model_dir)
         except OSError:
             generation_config = GenerationConfig()
-        self.generation_defaults = _defaults(generation_config)
-        self.eos_token_ids = _eos_ids(generation_config.eos_token_id, self.tokenizer.eos_token_id)
+        self.generation_defaults = generation_defaults(generation_config)
+        self.eos_token_ids = eos_token_ids(generation_config.eos_token_id, self.tokenizer.eos_token_id)
         self.dead = False
         self._ids = itertools.count()
         logger.info("vLLM engine ready on %s: context %d tokens", device_kind, self.context_length)
@@ -134,8 +134,6 @@ class VLLMBackend:
 
     async def generate_item(self, item) -> Any:
         """Run one item on the engine (on the server's event loop); its Generation."""
-        from predictor.pipelines.text_generation import RowState
-
         state = RowState(item, self.decoder, self.eos_token_ids)
         request_id = f"predictor-{next(self._ids)}"
         prompt = self.api["TokensPrompt"](prompt_token_ids=list(item.input_ids))
@@ -162,7 +160,7 @@ class VLLMBackend:
         state.close()
         return state.result()
 
-    def generate(self, rows, max_new_tokens, sampling, criteria, seeds):  # the batch interface: not used
+    def generate(self, rows, max_new_tokens, sampling, row_states, seeds):  # the batch interface: not used
         raise RuntimeError("the vLLM backend batches continuously: submit items through EngineSubmitter")
 
 

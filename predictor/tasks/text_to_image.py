@@ -8,34 +8,65 @@ v1: ``{"instances": [{"prompt": ..., "negative_prompt": ..., "seed": ..., ...}]}
 ``{"predictions": [{"image": "<base64 png>"}]}``.
 
 The device-specific part is a backend with one method, ``generate``: diffusers on CUDA/CPU
-(this module) or optimum-neuron on Neuron (``predictor.pipelines.neuron``, imported lazily).
+(``predictor.backends.diffusers``) or optimum-neuron on Neuron (``predictor.backends.neuron``).
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import random
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import numpy as np
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest
+from pydantic import Field
 
-from predictor.pipelines import tensors
-from predictor.pipelines.base import Task
+from predictor.tasks import tensors
+from predictor.tasks.base import Task
+from predictor.tasks.encoding import encode_png
+from predictor.tasks.params import (
+    MAX_SEED,
+    Between,
+    Integer,
+    MultipleOf,
+    Number,
+    RequestParameters,
+    Seed,
+    ServerDefault,
+    seed_context,
+    v1_parameters,
+    v2_parameters,
+)
 
 logger = logging.getLogger(__name__)
 
 INLINE_ENCODE_PIXELS = 128 * 128  # results up to this many pixels are encoded on the event loop
-PARAMETER_NAMES = ("num_inference_steps", "guidance_scale", "height", "width", "seed")
 MAX_GUIDANCE_SCALE = 50.0
 MAX_PROMPT_CHARS = 4096
-# zlib level 1 encodes several times faster than the default 6 for noisy generated images, a few % larger.
-PNG_COMPRESS_LEVEL = 1
+
+
+class ImageParameters(RequestParameters):
+    """Request parameters of text-to-image (v2 parameters, v1 ``parameters`` or per instance)."""
+
+    num_inference_steps: Annotated[Integer, Between(1, "max_steps")] = Field(
+        ServerDefault("default_steps"), description="denoising steps (default --default_steps, at most --max_steps)"
+    )
+    guidance_scale: Annotated[Number, Between(0.0, MAX_GUIDANCE_SCALE)] = Field(
+        7.5, description="classifier-free guidance scale; above 1 the negative prompt steers away"
+    )
+    height: Annotated[Integer, Between(8, "max_height"), MultipleOf(8)] = Field(
+        ServerDefault("default_height"), description="image height in pixels (default --default_height or the model's)"
+    )
+    width: Annotated[Integer, Between(8, "max_width"), MultipleOf(8)] = Field(
+        ServerDefault("default_width"), description="image width in pixels (default --default_width or the model's)"
+    )
+    seed: Seed | None = Field(None, description="seed of the first image; image i uses seed + i (default: random)")
+
+
+PARAMETER_NAMES = ImageParameters.names()
 
 
 @dataclass(frozen=True)
@@ -73,126 +104,6 @@ class ImageBackend(Protocol):
         """Return one PIL image per prompt."""
 
 
-# ----------------------------------------------------------------------------- backends
-
-
-def torch_dtype(name: str, device_kind: str):
-    import torch
-
-    if name == "auto":
-        name = "float16" if device_kind == "cuda" else "float32"
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
-
-
-class DiffusersBackend:
-    """diffusers on CUDA or CPU, optionally compiled with torch.compile (inductor)."""
-
-    def __init__(
-        self,
-        model_dir: str,
-        device_kind: str,
-        dtype: str = "auto",
-        compile_model: bool = False,
-        compile_backend: Any = "inductor",
-    ):
-        import importlib.util
-
-        import torch
-        from diffusers import AutoPipelineForText2Image
-        from diffusers.utils import logging as diffusers_logging
-
-        from predictor.storage import local_weights_variant, weights_variant
-
-        diffusers_logging.disable_progress_bar()  # "Loading pipeline components" redraws are log noise
-        self.device = device_kind
-        self.dtype = torch_dtype(dtype, device_kind)
-        # The variant the download chose for this device and dtype, or whatever is on disk instead.
-        self.variant = local_weights_variant(model_dir, weights_variant(device_kind, dtype))
-        # diffusers 0.42 deprecates ``torch_dtype`` for ``dtype``; low_cpu_mem_usage needs accelerate
-        # (without it diffusers falls back to False, with a warning: say so up front).
-        kwargs: dict[str, Any] = {
-            "dtype": self.dtype,
-            "variant": self.variant,
-            "low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None,
-        }
-        if _has_component(model_dir, "safety_checker"):
-            kwargs.update(safety_checker=None, requires_safety_checker=False)
-        pipeline = AutoPipelineForText2Image.from_pretrained(model_dir, **kwargs)
-        pipeline = pipeline.to(device_kind)
-        pipeline.set_progress_bar_config(disable=True)
-        if compile_model:
-            # inductor tunes for the shapes it sees; other backends (tests count compiled graphs) as they are
-            tuned = {"mode": "max-autotune-no-cudagraphs"} if compile_backend == "inductor" else {}
-            denoiser_name = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
-            denoiser = getattr(pipeline, denoiser_name)
-            denoiser.to(memory_format=torch.channels_last)
-            setattr(pipeline, denoiser_name, torch.compile(denoiser, backend=compile_backend, **tuned))
-            pipeline.vae.to(memory_format=torch.channels_last)
-            pipeline.vae.decode = torch.compile(pipeline.vae.decode, backend=compile_backend)
-        self.compiled = compile_model
-        self.pipeline = pipeline
-        scale = getattr(pipeline, "vae_scale_factor", 8)
-        sample = getattr(getattr(pipeline, "unet", None), "config", None)
-        sample_size = getattr(sample, "sample_size", None) or 64
-        if isinstance(sample_size, (list, tuple)):
-            sample_size = sample_size[0]
-        self.default_size = (int(sample_size) * scale, int(sample_size) * scale)
-        self.fixed_size = None
-        self.empty_negative_is_zeros = empty_negative_is_zeros(pipeline)
-
-    def generate(self, prompts, negative_prompts, params: ImageParams, seeds):
-        import torch
-
-        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
-        with torch.inference_mode():
-            output = self.pipeline(
-                prompt=prompts,
-                negative_prompt=negative_prompts if any(negative_prompts) else None,
-                num_inference_steps=params.num_inference_steps,
-                guidance_scale=params.guidance_scale,
-                height=params.height,
-                width=params.width,
-                generator=generators,
-            )
-        return output.images
-
-
-def empty_negative_is_zeros(pipeline) -> bool:
-    """diffusers' SDXL ``encode_prompt`` gives zero negative embeddings only when ``negative_prompt``
-    is None and ``force_zeros_for_empty_prompt`` is set; a list holding "" encodes "" instead."""
-    config = getattr(pipeline, "config", None)
-    if hasattr(config, "get"):
-        return bool(config.get("force_zeros_for_empty_prompt", False))
-    return bool(getattr(config, "force_zeros_for_empty_prompt", False))
-
-
-def _has_component(model_dir: str, name: str) -> bool:
-    import json
-    from pathlib import Path
-
-    index = Path(model_dir) / "model_index.json"
-    return index.is_file() and name in json.loads(index.read_text())
-
-
-def load_backend(model_dir: str, device_kind: str, options: Mapping[str, Any]) -> ImageBackend:
-    if device_kind == "neuron":
-        from predictor.pipelines.neuron import NeuronImageBackend
-
-        return NeuronImageBackend(model_dir)
-    return DiffusersBackend(
-        model_dir, device_kind, dtype=options.get("dtype", "auto"), compile_model=bool(options.get("torch_compile"))
-    )
-
-
-# ----------------------------------------------------------------------------- the task
-
-
-def encode_png(image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _text_list(request: InferRequest, name: str, required: bool) -> list[str] | None:
     values = tensors.bytes_elements(request, name, required)
     if values is None:
@@ -203,15 +114,11 @@ def _text_list(request: InferRequest, name: str, required: bool) -> list[str] | 
 class TextToImageTask(Task):
     name = "text-to-image"
 
-    def __init__(self, *args, backend: ImageBackend | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backend = backend
+    backend: ImageBackend | None
 
     # ---------------------------------------------------------------- lifecycle
 
-    def load(self) -> None:
-        if self.backend is None:
-            self.backend = load_backend(self.model_dir, self.device.kind, self.options)
+    def loaded(self) -> None:
         logger.info(
             "text-to-image backend %s ready: default size %s, fixed size %s",
             type(self.backend).__name__,
@@ -284,7 +191,7 @@ class TextToImageTask(Task):
             raise InvalidInput(
                 f"input 'negative_prompt' has {len(negatives)} elements; it must match 'prompt' ({len(prompts)})"
             )
-        return self._items(prompts, negatives, tensors.request_parameters(request, PARAMETER_NAMES))
+        return self._items(prompts, negatives, v2_parameters(request, ImageParameters))
 
     def parse_v1(self, body: dict) -> list[ImageItem]:
         instances = body.get("instances")
@@ -292,7 +199,7 @@ class TextToImageTask(Task):
             raise InvalidInput('v1 body must be {"instances": [{"prompt": ...}, ...]} with at least one instance')
         if len(instances) > self.limits.max_batch_size:
             raise InvalidInput(f"{len(instances)} instances exceed the batch limit of {self.limits.max_batch_size}")
-        defaults = tensors.v1_parameters(body, PARAMETER_NAMES)
+        defaults = v1_parameters(body, ImageParameters)
         items: list[ImageItem] = []
         for index, instance in enumerate(instances):
             if isinstance(instance, str):
@@ -328,36 +235,37 @@ class TextToImageTask(Task):
                 raise InvalidInput(f"{where}: prompt[{index}] is empty")
             if len(prompt) > MAX_PROMPT_CHARS:
                 raise InvalidInput(f"{where}: prompt[{index}] is longer than {MAX_PROMPT_CHARS} characters")
-        params = self._params(raw, where)
-        seed = raw.get("seed")
-        if seed is None:
-            base_seed = random.randint(0, tensors.MAX_SEED - (len(prompts) - 1))
-        else:
-            base_seed = tensors.seed(seed, len(prompts), where)
+        params, seed = self._params(raw, where, len(prompts))
+        base_seed = random.randint(0, MAX_SEED - (len(prompts) - 1)) if seed is None else seed
         negatives = negatives or [""] * len(prompts)
         return [
             ImageItem(prompt=prompt, negative_prompt=negative, params=params, seed=base_seed + index)
             for index, (prompt, negative) in enumerate(zip(prompts, negatives, strict=True))
         ]
 
-    def _params(self, raw: Mapping[str, Any], where: str) -> ImageParams:
+    def _params(self, raw: Mapping[str, Any], where: str, count: int) -> tuple[ImageParams, int | None]:
+        """The call's parameters and the first seed (None: random), checked against the server's limits."""
         default_height, default_width = self.default_size
         limits = self.limits
-        steps = tensors.integer(
-            raw.get("num_inference_steps", limits.default_steps), "num_inference_steps", 1, limits.max_steps, where
+        parsed = ImageParameters.parse(
+            raw,
+            where,
+            default_steps=limits.default_steps,
+            max_steps=limits.max_steps,
+            default_height=default_height,
+            max_height=limits.max_height,
+            default_width=default_width,
+            max_width=limits.max_width,
+            **seed_context(count),
         )
-        guidance = tensors.number(raw.get("guidance_scale", 7.5), "guidance_scale", 0.0, MAX_GUIDANCE_SCALE, where)
-        height = tensors.integer(raw.get("height", default_height), "height", 8, limits.max_height, where)
-        width = tensors.integer(raw.get("width", default_width), "width", 8, limits.max_width, where)
-        for name, value in (("height", height), ("width", width)):
-            if value % 8:
-                raise InvalidInput(f"{where}: {name} must be a multiple of 8, got {value}")
+        height, width = parsed.height, parsed.width
         fixed = self.accepted_size
         if fixed and (height, width) != fixed:
             raise InvalidInput(
                 f"{where}: this model was compiled for {fixed[0]}x{fixed[1]} images; got height={height}, width={width}"
             )
-        return ImageParams(num_inference_steps=steps, guidance_scale=guidance, height=height, width=width)
+        params = ImageParams(parsed.num_inference_steps, parsed.guidance_scale, height, width)
+        return params, parsed.seed
 
     # ---------------------------------------------------------------- running
 
@@ -396,4 +304,3 @@ class TextToImageTask(Task):
 
     def v1_predictions(self, results) -> list[dict]:
         return [{"image": encode_png(image)} for image in results]
-

@@ -16,26 +16,34 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from kserve.protocol.infer_type import InferOutput, InferRequest
+from pydantic import Field
 
-from predictor.pipelines import tensors
-from predictor.pipelines.base import Task
-from predictor.pipelines.classification import (
+from predictor.tasks import tensors
+from predictor.tasks.base import Task
+from predictor.tasks.classification import PipelineBackend
+from predictor.tasks.images import (
     EncodedImage,
     ImageError,
-    PipelineBackend,
     decode_images,
-    load_pipeline_backend,
     raise_image_errors,
     read_image,
     v1_image,
     warmup_image,
 )
+from predictor.tasks.params import Between, Integer, Number, RequestParameters, v2_parameters
 
 DEFAULT_THRESHOLD = 0.5
 MAX_DETECTIONS = 1000
+
+
+class DetectParameters(RequestParameters):
+    threshold: Annotated[Number, Between(0.0, 1.0)] = Field(DEFAULT_THRESHOLD, description="score cut-off")
+    top_k: Annotated[Integer, Between(1, MAX_DETECTIONS)] = Field(
+        MAX_DETECTIONS, description="most detections per image, best first"
+    )
 
 
 @dataclass(frozen=True)
@@ -54,15 +62,8 @@ class Detection:
 
 class ObjectDetectionTask(Task):
     name = "object-detection"
-    PARAMETERS = ("threshold", "top_k")
 
-    def __init__(self, *args, backend: PipelineBackend | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backend = backend
-
-    def load(self) -> None:
-        if self.backend is None:
-            self.backend = load_pipeline_backend("object-detection", self.model_dir, self.device.kind, self.options)
+    backend: PipelineBackend | None
 
     def warmup_items(self) -> list[DetectItem]:
         return [DetectItem(warmup_image(), DEFAULT_THRESHOLD, MAX_DETECTIONS)]
@@ -79,13 +80,12 @@ class ObjectDetectionTask(Task):
         ]
 
     def _params(self, raw: Mapping[str, Any]) -> tuple[float, int]:
-        threshold = tensors.number(raw.get("threshold", DEFAULT_THRESHOLD), "threshold", 0.0, 1.0)
-        top_k = tensors.integer(raw.get("top_k", MAX_DETECTIONS), "top_k", 1, MAX_DETECTIONS)
-        return threshold, top_k
+        parameters = DetectParameters.parse(raw)
+        return parameters.threshold, parameters.top_k
 
     def parse_v2(self, request: InferRequest) -> list[DetectItem]:
         tensors.check_input_names(request, ["image"])
-        raw = tensors.request_parameters(request, self.PARAMETERS)
+        raw = v2_parameters(request, DetectParameters)
         values = tensors.bytes_elements(request, "image")
         tensors.check_batch(len(values), self.limits.max_batch_size, "images")
         threshold, top_k = self._params(raw)
@@ -96,7 +96,7 @@ class ObjectDetectionTask(Task):
 
     def parse_v1(self, body: dict) -> list[DetectItem]:
         instances, parameters = tensors.v1_instances(
-            body, self.limits.max_batch_size, '"<base64 image>" or {"image": {"b64": ...}}', self.PARAMETERS
+            body, self.limits.max_batch_size, '"<base64 image>" or {"image": {"b64": ...}}', DetectParameters
         )
         threshold, top_k = self._params(parameters)
         return [

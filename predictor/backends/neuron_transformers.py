@@ -1,4 +1,4 @@
-"""AWS Neuron backends for the transformers tasks, behind the same lazy boundary as ``neuron.py``.
+"""AWS Neuron backends for the transformers tasks, behind the same lazy boundary as ``predictor.backends.neuron``.
 
 Imported only with ``--device neuron``; ``optimum.neuron`` comes from the Neuron image. Models
 are precompiled (``optimum-cli export neuron ...``) for static shapes, which these backends read
@@ -19,7 +19,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from predictor.pipelines.neuron import import_optimum_neuron
+from predictor.backends.causal_lm import catch_up, generation_config_for, left_pad, row_criteria
+from predictor.backends.neuron import import_optimum_neuron
+from predictor.backends.tokenizers import eos_token_ids, generation_defaults, pad_token_id
+from predictor.backends.transformers import detect_batch
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +61,6 @@ class NeuronCausalLMBackend:
     def __init__(self, model_dir: str, sdk: Any = None):
         from transformers import AutoTokenizer
 
-        from predictor.pipelines.text_generation import _defaults, _eos_ids, _pad_id
-
         sdk = sdk or import_optimum_neuron()
         shapes = neuron_config(model_dir)
         self.batch_size = int(shapes.get("batch_size") or shapes.get("static_batch_size") or 1)
@@ -70,9 +71,9 @@ class NeuronCausalLMBackend:
         config = getattr(self.model, "config", None)
         self.context_length = int(sequence_length or getattr(config, "max_position_embeddings", 0) or 2048)
         self.generation_config = self.model.generation_config
-        self.generation_defaults = _defaults(self.generation_config)
-        self.eos_token_ids = _eos_ids(self.generation_config.eos_token_id, self.tokenizer.eos_token_id)
-        self.pad_id = _pad_id(self.tokenizer, self.eos_token_ids)
+        self.generation_defaults = generation_defaults(self.generation_config)
+        self.eos_token_ids = eos_token_ids(self.generation_config.eos_token_id, self.tokenizer.eos_token_id)
+        self.pad_id = pad_token_id(self.tokenizer, self.eos_token_ids)
         logger.info(
             "loaded NeuronModelForCausalLM from %s: batch %d, sequence length %d",
             model_dir,
@@ -84,11 +85,9 @@ class NeuronCausalLMBackend:
     # rows with equal seeds together).
     per_row_seeds = False
 
-    def generate(self, rows, max_new_tokens, sampling, criteria, seeds):
+    def generate(self, rows, max_new_tokens, sampling, row_states, seeds):
         import torch
         from transformers import StoppingCriteriaList
-
-        from predictor.pipelines.text_generation import catch_up, generation_config_for, left_pad
 
         config = generation_config_for(self.generation_config, max_new_tokens, sampling, self.pad_id)
         indices = list(range(len(rows)))
@@ -97,7 +96,7 @@ class NeuronCausalLMBackend:
             padded_rows = [rows[i] for i in real] + [rows[real[-1]]] * (self.batch_size - len(real))
             ids, mask = left_pad(padded_rows, self.pad_id)
             # Repeats only fill the static batch: the criterion treats them as done.
-            chunk_criteria = criteria(real + [None] * (self.batch_size - len(real)))
+            chunk_criteria = row_criteria(row_states(real + [None] * (self.batch_size - len(real))))
             if not sampling.greedy and seeds[0] is not None:
                 torch.manual_seed(seeds[0])
             with torch.inference_mode():
@@ -178,8 +177,6 @@ class NeuronPipelineBackend:
         return results
 
     def detect(self, images: list, threshold: float) -> list[list[dict]]:
-        from predictor.pipelines.classification import detect_batch
-
         results = []
         for chunk, real in _chunks(list(images), self.batch_size):
             results += detect_batch(self.processor, self.model, chunk, threshold)[:real]

@@ -17,6 +17,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from predictor.backends.diffusers import empty_negative_is_zeros
+
 logger = logging.getLogger(__name__)
 
 PIPELINE_CLASSES = {
@@ -74,8 +76,6 @@ class NeuronImageBackend:
         self.default_size = self.fixed_size or (512, 512)
         self.compiled_batch = self.shapes.get("batch_size", 1)
         self.compiled = False  # compiled ahead of time: its one size is ``fixed_size``
-        from predictor.pipelines.text_to_image import empty_negative_is_zeros
-
         self.empty_negative_is_zeros = empty_negative_is_zeros(self.pipeline) or (
             "XL" in class_name and index.get("force_zeros_for_empty_prompt", True)
         )

@@ -10,11 +10,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kserve.protocol.infer_type import InferOutput, InferRequest
+if TYPE_CHECKING:  # kserve only for hints: predictor.tasks imports without kserve (tools reuse it)
+    from kserve.protocol.infer_type import InferOutput, InferRequest
 
-from predictor.device import DeviceInfo
+    from predictor.device import DeviceInfo
+
+#: ``load_backend(task_name, model_dir, device_kind, options)``: what runs a task (``predictor.backends``).
+BackendLoader = Callable[[str, str, str, dict[str, Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -35,11 +39,24 @@ class Task(ABC):
 
     name: str = ""
 
-    def __init__(self, model_dir: str, device: DeviceInfo, limits: ServingLimits, options: dict[str, Any]):
+    def __init__(
+        self,
+        model_dir: str,
+        device: DeviceInfo,
+        limits: ServingLimits,
+        options: dict[str, Any],
+        *,
+        backend: Any = None,
+        load_backend: BackendLoader | None = None,
+    ):
+        """``backend`` runs the task (tests pass one); else ``load`` gets it from ``load_backend``,
+        which ``predictor.backends.task_factory`` supplies: tasks never import a backend."""
         self.model_dir = model_dir
         self.device = device
         self.limits = limits
         self.options = options
+        self.backend = backend
+        self._load_backend = load_backend
 
     async def off_loop(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run request parsing for this task; tasks whose parsing is slow (tokenizing long prompts)
@@ -55,9 +72,17 @@ class Task(ABC):
         """Every batch to run before the model reports ready (one per shape a compiled model accepts)."""
         return [self.warmup_items()]
 
-    @abstractmethod
     def load(self) -> None:
-        """Load weights onto the device (blocking)."""
+        """Load weights onto the device (blocking): the backend, unless one was given."""
+        if self.backend is None:
+            if self._load_backend is None:
+                raise RuntimeError(f"{self.name}: no backend; build the task with predictor.backends.task_factory")
+            self.backend = self._load_backend(self.name, self.model_dir, self.device.kind, self.options)
+        self.loaded()
+
+    def loaded(self) -> None:
+        """Called once the backend is there (tasks log what they serve)."""
+        return None
 
     @abstractmethod
     def input_types(self) -> list[dict]:
