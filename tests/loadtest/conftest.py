@@ -52,7 +52,7 @@ def _ready(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def tiny_server(tmp_path_factory) -> Iterator[TinyServer]:
-    from predictor.tiny import build_tiny_sd
+    from modelbuild.tiny import build_tiny_sd
 
     model = build_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
     http_port, grpc_port = free_port(), free_port()
