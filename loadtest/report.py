@@ -17,7 +17,9 @@ from typing import Any
 
 from loadtest.analysis import Criteria, Evaluation, StageStats, scale_targets
 
-SCHEMA = "loadtest/result-v1"
+# The identifier results were written with since the first version (when the package was
+# predictor.loadtest): kept, so earlier result.json files still load and apply.
+SCHEMA = "predictor.loadtest/result-v1"
 
 
 def _iso(timestamp: float | None) -> str | None:
