@@ -1,66 +1,46 @@
-"""The diffusers pipeline called directly in the benchmark process: the baseline of (a)."""
+"""The diffusers pipeline called directly in the benchmark process: the baseline of (a).
+
+It is the server's own backend (``predictor.backends.diffusers.DiffusersBackend``: same loader,
+same dtype rule, same call) and the server's PNG encoder (``predictor.tasks.encoding``), both
+importable without kserve, which must stay out of this process (``bench.clients``).
+"""
 
 from __future__ import annotations
 
-import base64
-import io
-import json
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+
+from predictor.backends.diffusers import DiffusersBackend
+from predictor.backends.dtypes import torch_dtype
+from predictor.tasks.encoding import encode_png
 
 from bench.clients import PROMPT
 
-PNG_COMPRESS_LEVEL = 1
+__all__ = ["DirectPipeline", "torch_dtype"]
+
+GUIDANCE_SCALE = 7.5  # the server's default guidance_scale
+
+
+@dataclass(frozen=True)
+class ImageCall:
+    """The parameters ``DiffusersBackend.generate`` reads (what the server resolves from a request)."""
+
+    num_inference_steps: int
+    height: int
+    width: int
+    guidance_scale: float = GUIDANCE_SCALE
 
 
 class DirectPipeline:
-    """The diffusers pipeline loaded and called as the server's DiffusersBackend does."""
+    """The server's diffusers backend, called in this process with one prompt at a time."""
 
     def __init__(self, model_dir: str, device: str, dtype: str):
-        import torch
-        from diffusers import AutoPipelineForText2Image
-
-        self._torch = torch
-        kwargs: dict[str, Any] = {"torch_dtype": torch_dtype(dtype, device)}
-        index = Path(model_dir) / "model_index.json"
-        if index.is_file() and "safety_checker" in json.loads(index.read_text()):
-            kwargs.update(safety_checker=None, requires_safety_checker=False)
-        pipeline = AutoPipelineForText2Image.from_pretrained(model_dir, **kwargs)
-        pipeline = pipeline.to(device)
-        pipeline.set_progress_bar_config(disable=True)
-        self.pipeline = pipeline
+        self.backend = DiffusersBackend(model_dir, device, dtype=dtype)
         self.last_image = None
 
     def infer(self, steps: int, height: int, width: int, seed: int) -> None:
-        torch = self._torch
-        generators = [torch.Generator(device="cpu").manual_seed(seed)]
-        with torch.inference_mode():
-            output = self.pipeline(
-                prompt=[PROMPT],
-                negative_prompt=None,
-                num_inference_steps=steps,
-                guidance_scale=7.5,
-                height=height,
-                width=width,
-                generator=generators,
-            )
-        self.last_image = output.images[0]
+        call = ImageCall(num_inference_steps=steps, height=height, width=width)
+        self.last_image = self.backend.generate([PROMPT], [""], call, [seed])[0]
 
     def encode_last(self) -> str:
-        """PNG + base64 as the server encodes each image (timed apart from the pipeline call).
-
-        The level mirrors ``predictor.pipelines.text_to_image.PNG_COMPRESS_LEVEL`` (not imported:
-        that module imports kserve).
-        """
-        buffer = io.BytesIO()
-        self.last_image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-        return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def torch_dtype(name: str, device: str):
-    """Same rule as the server: 'auto' is float16 on CUDA and float32 elsewhere."""
-    import torch
-
-    if name == "auto":
-        name = "float16" if device == "cuda" else "float32"
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+        """PNG + base64 as the server encodes each image (timed apart from the pipeline call)."""
+        return encode_png(self.last_image)
