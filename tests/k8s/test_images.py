@@ -220,3 +220,48 @@ def test_each_image_context_holds_every_package_its_commands_import(image: str) 
     assert packages - allowed == set(), f"Dockerfile.{image}.dockerignore leaves out what the image runs"
     if image in ("cpu", "gpu"):
         assert packages == {"predictor"}, "the runtime images carry the server only"
+
+
+def _third_party_imports(modules: set[str]) -> set[str]:
+    """Top-level names of what ``modules`` import from outside the repository and the standard library."""
+    from tests.test_runtime_imports import imported_modules
+
+    names = set()
+    for module in modules:
+        for imported in imported_modules(_module_file(module), REPO_ROOT):
+            top = imported.split(".")[0]
+            if _module_file(top) is None and top not in sys.stdlib_module_names:
+                names.add(top)
+    return names
+
+
+def _installed_with(requirements: list[str]) -> set[str]:
+    """The distributions pip installs for ``requirements`` (their requirements too, extras aside), as
+    found in this environment."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    todo = [pyproject_deps.requirement_name(requirement) for requirement in requirements]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            todo += [pyproject_deps.requirement_name(r) for r in requires(name) or () if "extra ==" not in r]
+        except PackageNotFoundError:
+            pass
+    return seen
+
+
+def test_the_controller_image_installs_what_its_run_path_imports() -> None:
+    from importlib.metadata import packages_distributions
+
+    run = " ".join(args for name, args in _instructions(REPO_ROOT / "controller" / "Dockerfile") if name == "RUN")
+    assert "pyproject_deps.py /tmp/src/pyproject.toml --extra controller" in run, run
+    extra = pyproject_deps.dependencies(REPO_ROOT / "pyproject.toml", extra="controller")
+    installed = _installed_with(extra)
+    distributions = packages_distributions()
+    for name in sorted(_third_party_imports(_first_party_closure(["controller.__main__", "controller.loop"]))):
+        provided_by = {pyproject_deps.normalize(d) for d in distributions.get(name, [name])}
+        assert provided_by & installed, f"controller imports {name}, which the controller extra does not install"
