@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
+from loadtest.analysis import latency_summary
 from playground.endpoints import Answer, AnswerError, Endpoint, Generation, read_answer, request_body
-from predictor.loadtest.analysis import latency_summary
 
 MAX_MESSAGE_CHARS = 300
 

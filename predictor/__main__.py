@@ -56,7 +56,39 @@ def _use_engine_batching(model, task, args) -> None:
     )
 
 
+class _StartupError(Exception):
+    """A reason not to start, reported as one line and exit code 2."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+
+    from predictor.logs import setup_logging
+
+    setup_logging(args.configure_logging, args.log_config_file, args.log_format)
+    try:
+        if args.workers != 1:
+            raise _StartupError("--workers must be 1: one process owns the accelerator; scale with replicas instead")
+        if not args.model_name:
+            raise _StartupError("--model_name is required")
+        device = _detect_device(args)
+        task_name, task = _load_task(args, device)
+    except _StartupError as error:
+        return _fail(str(error))
+    model = _build_model(args, task_name, task, device)
+    server = _build_server(args, task_name, model)
+
+    def load_failed(error: BaseException) -> None:
+        logger.error("loading model %s failed: %s", args.model_name, error, exc_info=error)
+        logging.shutdown()
+        os._exit(1)  # the pod restarts and its events show the error
+
+    model.load_in_background(load_failed)
+    server.start([])  # the model is registered already; it reports ready once warmed up
+    return _exit_after_serving(model)
+
+
+def _parse_args(argv: list[str] | None):
     parser = build_parser()
     parser.add_argument(
         "--log_format",
@@ -64,28 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("LOG_FORMAT", "text"),
         help="Log records as text (kserve's format) or one JSON object per line.",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    from predictor.logs import setup_logging
 
-    setup_logging(args.configure_logging, args.log_config_file, args.log_format)
-
-    if args.workers != 1:
-        return _fail("--workers must be 1: one process owns the accelerator; scale with replicas instead")
-    if not args.model_name:
-        return _fail("--model_name is required")
-
+def _detect_device(args):
+    """The device to serve on (published as predictor_device_info), its SDK checked for Neuron."""
     from predictor import metrics
-    from predictor.backends import task_factory
     from predictor.device import DeviceUnavailableError, detect_device
-    from predictor.storage import ModelSourceError, prepare_model_dir, weights_variant
-    from predictor.tasks import UnknownTaskError, infer_task
-    from predictor.tasks.base import ServingLimits
 
     try:
         device = detect_device(args.device)
     except (DeviceUnavailableError, ValueError) as error:
-        return _fail(str(error))
+        raise _StartupError(str(error)) from None
     logger.info("device: %s", device.describe())
     metrics.DEVICE_INFO.info(
         {
@@ -102,7 +124,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import_optimum_neuron()
         except NeuronSDKMissingError as error:
-            return _fail(str(error))
+            raise _StartupError(str(error)) from None
+    return device
+
+
+def _load_task(args, device):
+    """Fetch the model, work out its task and backend, and build the task (not loaded yet)."""
+    from predictor.backends import task_factory
+    from predictor.storage import ModelSourceError, prepare_model_dir, weights_variant
+    from predictor.tasks import UnknownTaskError, infer_task
+    from predictor.tasks.base import ServingLimits
 
     variant = weights_variant(device.kind, args.dtype)  # the loaders pick the same (predictor.storage)
     try:
@@ -112,12 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         task_name = infer_task(model_dir) if args.task == "auto" else args.task
         build_task = task_factory(task_name)
     except (ModelSourceError, UnknownTaskError) as error:
-        return _fail(str(error))
+        raise _StartupError(str(error)) from None
     logger.info("serving task %s from %s as model %r", task_name, model_dir, args.model_name)
     if task_name == "text-generation":
         error = _check_backend(str(model_dir), device.kind, args)
         if error:
-            return _fail(error)
+            raise _StartupError(error)
 
     limits = ServingLimits(
         max_batch_size=args.max_batch_size,
@@ -136,16 +167,15 @@ def main(argv: list[str] | None = None) -> int:
         "context_length": args.context_length,
         "max_batch_size": args.max_batch_size,
     }
-    task = build_task(str(model_dir), device, limits, options)
+    return task_name, build_task(str(model_dir), device, limits, options)
 
-    from predictor.http_lifecycle import install_lifecycle_middleware
-    from predictor.lifecycle import LifecycleModelServer
+
+def _build_model(args, task_name: str, task, device):
     from predictor.model import PredictorModel
-    from predictor.server import install_error_handlers
 
     model_class = PredictorModel
     if task_name == "text-generation":  # also serves the OpenAI completions and chat completions
-        from predictor.openai_model import OpenAITextGenerationModel, install_openai_routes
+        from predictor.openai_model import OpenAITextGenerationModel
 
         model_class = OpenAITextGenerationModel
     model = model_class(
@@ -160,11 +190,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     if task_name == "text-generation":
         _use_engine_batching(model, task, args)
+    model.enable_latency_logging = args.enable_latency_logging
+    return model
+
+
+def _build_server(args, task_name: str, model):
+    """KServe's model server with the runtime's routes, error handling and lifecycle, the model registered."""
+    from predictor.http_lifecycle import install_lifecycle_middleware
+    from predictor.lifecycle import LifecycleModelServer
+    from predictor.server import install_error_handlers
+
     install_error_handlers()
     from predictor.rest_requests import install_rest_request_handling
 
     install_rest_request_handling(args.max_request_bytes)
     if task_name == "text-generation":
+        from predictor.openai_model import install_openai_routes
+
         install_openai_routes(model)
     install_lifecycle_middleware(model.lifecycle, model.name)
     server = LifecycleModelServer(
@@ -185,16 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_keep_alive=args.timeout_keep_alive,
     )
     server.register_model(model)
-    model.enable_latency_logging = args.enable_latency_logging
-
-    def load_failed(error: BaseException) -> None:
-        logger.error("loading model %s failed: %s", args.model_name, error, exc_info=error)
-        logging.shutdown()
-        os._exit(1)  # the pod restarts and its events show the error
-
-    model.load_in_background(load_failed)
-    server.start([])  # the model is registered already; it reports ready once warmed up
-    return _exit_after_serving(model)
+    return server
 
 
 def _exit_after_serving(model) -> int:

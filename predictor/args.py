@@ -45,7 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="Log kserve's per-request latency lines (kserve.trace timings, the model's latency line). Default: false.",
     )
-    model = parser.add_argument_group("model")
+    _add_model_arguments(parser.add_argument_group("model"))
+    _add_device_arguments(parser.add_argument_group("device"))
+    _add_serving_arguments(parser.add_argument_group("serving"))
+    _add_http_arguments(parser.add_argument_group("http"))
+    _add_lifecycle_arguments(parser.add_argument_group("lifecycle (docs/lifecycle.md)"))
+    return parser
+
+
+def _add_model_arguments(model: argparse._ArgumentGroup) -> None:
+    """Where the model comes from, its task, and the text-generation engine."""
     model.add_argument(
         "--model_dir",
         default="/mnt/models",
@@ -63,7 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="Pipeline task; 'auto' reads it from the model's model_index.json / config.json.",
     )
-
     model.add_argument(
         "--backend",
         choices=BACKEND_CHOICES,
@@ -85,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU threads for llama.cpp; default: the container's CPU limit (cgroup cpu.max), else the usable CPUs.",
     )
 
-    device = parser.add_argument_group("device")
+
+def _add_device_arguments(device: argparse._ArgumentGroup) -> None:
     device.add_argument(
         "--device",
         choices=DEVICE_CHOICES,
@@ -107,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
         "to --max_batch_size, with and without guidance, is compiled during warm-up, before the model is ready.",
     )
 
-    serving = parser.add_argument_group("serving")
+
+def _add_serving_arguments(serving: argparse._ArgumentGroup) -> None:
+    """Batching, queueing and the bounds of request parameters."""
     serving.add_argument("--max_batch_size", type=int, default=4, help="Most prompts in one pipeline call.")
     serving.add_argument(
         "--batch_wait_ms",
@@ -129,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup", type=_bool, default=True, help="Run one synthetic inference before reporting ready."
     )
 
-    http = parser.add_argument_group("http")
+
+def _add_http_arguments(http: argparse._ArgumentGroup) -> None:
     http.add_argument(
         "--max_request_bytes",
         type=int,
@@ -138,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         "The default holds four 12-megapixel JPEG photos in base64 JSON.",
     )
 
-    lifecycle = parser.add_argument_group("lifecycle (docs/lifecycle.md)")
+
+def _add_lifecycle_arguments(lifecycle: argparse._ArgumentGroup) -> None:
     lifecycle.add_argument(
         "--drain_timeout_s",
         type=float,
@@ -161,4 +174,3 @@ def build_parser() -> argparse.ArgumentParser:
         help="Serve the repository extension's model load / unload (REST /v2/repository/..., gRPC "
         "RepositoryModelLoad/Unload). Off: they answer 501 / UNIMPLEMENTED.",
     )
-    return parser

@@ -5,7 +5,7 @@ transformers, so it only exists in the Neuron image. Nothing here is imported un
 server runs with ``--device neuron`` (or auto-detects Neuron devices); a missing SDK is a
 clear start-up error and never affects CUDA or CPU serving.
 
-Neuron models are compiled ahead of time for fixed shapes (``python -m predictor.neuron_compile``);
+Neuron models are compiled ahead of time for fixed shapes (``python -m modelbuild.neuron_compile``);
 the pipeline is loaded from that precompiled directory and requests must use those shapes.
 """
 

@@ -1,4 +1,4 @@
-"""Smoke test of ``python -m predictor.bench --quick``: it runs end to end and writes its report.
+"""Smoke test of ``python -m bench --quick``: it runs end to end and writes its report.
 
 Only the shape of bench.json is checked, never a timing: performance goals are reported by the
 benchmark itself (docs/benchmarks.md), not asserted by tests.
@@ -26,7 +26,7 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     completed = subprocess.run(
-        [sys.executable, "-m", "predictor.bench", "--quick", "--device", "cpu", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--device", "cpu", "--out", str(out)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -35,7 +35,7 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     report = json.loads((out / "bench.json").read_text())
-    assert (out / "bench.md").read_text().startswith("`python -m predictor.bench")
+    assert (out / "bench.md").read_text().startswith("`python -m bench")
 
     meta = report["meta"]
     assert meta["quick"] is True and meta["device"] == "cpu"

@@ -694,17 +694,17 @@ def _expand(value: str, env: dict[str, str]) -> str:
 
 
 def test_neuron_compile_job_produces_what_the_neuron_units_load(deploy: ObjectSet, neuron_compile: ObjectSet) -> None:
-    from predictor.neuron_compile import build_parser as compile_parser
+    from modelbuild.neuron_compile import build_parser as compile_parser
 
     job = neuron_compile.get("Job", "sd21-neuron-compile", NAMESPACE)
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
-    assert container["command"] == ["python", "-m", "predictor.neuron_compile"]
+    assert container["command"] == ["python", "-m", "modelbuild.neuron_compile"]
     try:
         compiled = compile_parser().parse_args([_expand(arg, env) for arg in container["args"]])
     except SystemExit as err:
-        raise AssertionError(f"predictor.neuron_compile rejects {container['args']}") from err
+        raise AssertionError(f"modelbuild.neuron_compile rejects {container['args']}") from err
     neuron_units = [i for i in isvcs(deploy) if accelerator_of(runtime_of(deploy, i)) == "neuron"]
     assert {i["metadata"]["name"] for i in neuron_units} == {"sd21-inf2", "sd21-trn1"}
     for isvc in neuron_units:

@@ -130,7 +130,10 @@ def test_pyproject_deps_prints_one_extra_and_refuses_an_unknown_one() -> None:
     assert {pyproject_deps.requirement_name(dep) for dep in deps} == {"fastapi", "uvicorn", "httpx"}
     result = subprocess.run(
         [sys.executable, str(DOCKER / "pyproject_deps.py"), str(REPO_ROOT / "pyproject.toml"), "--extra", "nope"],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 2 and "no optional extra 'nope'" in result.stderr
 
@@ -153,3 +156,112 @@ def test_build_script_rejects_an_unknown_target() -> None:
         check=False,
     )
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+# ----------------------------------------------------------------------------- what each image runs
+
+# Image -> the modules it runs: the entrypoint, plus the neuron-compile Job's command in the Neuron image.
+IMAGE_ENTRY_MODULES = {
+    "cpu": ["predictor.__main__"],
+    "gpu": ["predictor.__main__"],
+    "neuron": ["predictor.__main__", "modelbuild.neuron_compile"],
+    "playground": ["playground.__main__"],
+}
+
+
+def _module_file(name: str) -> Path | None:
+    path = REPO_ROOT.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _first_party_closure(entries: list[str]) -> set[str]:
+    """The repository's modules that ``entries`` import, transitively (imports anywhere in a module:
+    the conservative reading, since a function-level import runs when that code path does)."""
+    from tests.test_runtime_imports import imported_modules
+
+    seen: set[str] = set()
+    todo = list(entries)
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
+            module = ".".join(parts[:depth])
+            path = _module_file(module)
+            if path is None or module in seen:
+                continue
+            seen.add(module)
+            for imported in imported_modules(path, REPO_ROOT):
+                todo.append(imported)
+                target = _module_file(imported)
+                if target is not None and target.name == "__init__.py":  # `from package import name`: any submodule
+                    todo.extend(f"{imported}.{child.stem}" for child in target.parent.glob("*.py"))
+    return seen
+
+
+def test_the_neuron_compile_job_runs_a_module_of_the_neuron_image() -> None:
+    job = yaml.safe_load((REPO_ROOT / "deploy/neuron-compile/job.yaml").read_text())
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"][:2] == ["python", "-m"]
+    assert container["command"][2] in IMAGE_ENTRY_MODULES["neuron"]
+    assert container["image"].split("/")[-1].startswith("predictor-neuron:")
+
+
+@pytest.mark.parametrize("image", sorted(IMAGE_ENTRY_MODULES))
+def test_each_image_context_holds_every_package_its_commands_import(image: str) -> None:
+    allowed = {
+        line[1:].strip("/")
+        for line in (DOCKER / f"Dockerfile.{image}.dockerignore").read_text().splitlines()
+        if line.startswith("!") and line.endswith("/")
+    }
+    packages = {module.split(".")[0] for module in _first_party_closure(IMAGE_ENTRY_MODULES[image])}
+    assert packages - allowed == set(), f"Dockerfile.{image}.dockerignore leaves out what the image runs"
+    if image in ("cpu", "gpu"):
+        assert packages == {"predictor"}, "the runtime images carry the server only"
+
+
+def _third_party_imports(modules: set[str]) -> set[str]:
+    """Top-level names of what ``modules`` import from outside the repository and the standard library."""
+    from tests.test_runtime_imports import imported_modules
+
+    names = set()
+    for module in modules:
+        for imported in imported_modules(_module_file(module), REPO_ROOT):
+            top = imported.split(".")[0]
+            if _module_file(top) is None and top not in sys.stdlib_module_names:
+                names.add(top)
+    return names
+
+
+def _installed_with(requirements: list[str]) -> set[str]:
+    """The distributions pip installs for ``requirements`` (their requirements too, extras aside), as
+    found in this environment."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    todo = [pyproject_deps.requirement_name(requirement) for requirement in requirements]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            todo += [pyproject_deps.requirement_name(r) for r in requires(name) or () if "extra ==" not in r]
+        except PackageNotFoundError:
+            pass
+    return seen
+
+
+def test_the_controller_image_installs_what_its_run_path_imports() -> None:
+    from importlib.metadata import packages_distributions
+
+    run = " ".join(args for name, args in _instructions(REPO_ROOT / "controller" / "Dockerfile") if name == "RUN")
+    assert "pyproject_deps.py /tmp/src/pyproject.toml --extra controller" in run, run
+    extra = pyproject_deps.dependencies(REPO_ROOT / "pyproject.toml", extra="controller")
+    installed = _installed_with(extra)
+    distributions = packages_distributions()
+    for name in sorted(_third_party_imports(_first_party_closure(["controller.__main__", "controller.loop"]))):
+        provided_by = {pyproject_deps.normalize(d) for d in distributions.get(name, [name])}
+        assert provided_by & installed, f"controller imports {name}, which the controller extra does not install"

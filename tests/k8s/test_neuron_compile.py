@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from predictor import neuron_compile
-from predictor.neuron_compile import MANIFEST_NAME, main, parse_s3_uri, upload_directory
+from modelbuild import neuron_compile
+from modelbuild.neuron_compile import MANIFEST_NAME, main, parse_s3_uri, upload_directory
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -140,7 +140,7 @@ def test_a_missing_neuron_sdk_is_one_clear_line_not_a_traceback(
 def test_the_cli_without_the_sdk_exits_2_with_the_message(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['optimum.neuron'] = None; "
-        "from predictor.neuron_compile import main; sys.exit(main(sys.argv[1:]))"
+        "from modelbuild.neuron_compile import main; sys.exit(main(sys.argv[1:]))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, *_args(tmp_path / "out")],
@@ -157,7 +157,7 @@ def test_the_cli_without_the_sdk_exits_2_with_the_message(tmp_path: Path) -> Non
 
 def test_help_works_without_the_sdk() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "predictor.neuron_compile", "--help"],
+        [sys.executable, "-m", "modelbuild.neuron_compile", "--help"],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,

@@ -38,7 +38,7 @@ class TinyServer:
 
 @pytest.fixture(scope="module")
 def tiny_server(tmp_path_factory) -> Iterator[TinyServer]:
-    from predictor.tiny import build_tiny_sd
+    from modelbuild.tiny import build_tiny_sd
 
     model = build_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
     log = tmp_path_factory.mktemp("logs") / "server.log"

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from predictor.loadtest.analysis import (
+from loadtest.analysis import (
     CANCELLED,
     DROPPED,
     OK,
@@ -21,7 +21,7 @@ from predictor.loadtest.analysis import (
     stage_rates,
     summarize_stage,
 )
-from predictor.loadtest.runner import arrival_offsets
+from loadtest.runner import arrival_offsets
 
 
 def stage(index, offered, achieved, p90=0.3, error_rate=0.0, complete=True, ok=10) -> StageStats:

@@ -21,7 +21,7 @@ def test_stages_against_the_tiny_server(tiny_server, tmp_path, protocol):
     command = [
         sys.executable,
         "-m",
-        "predictor.loadtest",
+        "loadtest",
         "run",
         "--url",
         url,
@@ -82,7 +82,7 @@ def test_stages_against_the_tiny_server(tiny_server, tmp_path, protocol):
             [
                 sys.executable,
                 "-m",
-                "predictor.loadtest",
+                "loadtest",
                 "apply",
                 "--result",
                 str(out / "result.json"),

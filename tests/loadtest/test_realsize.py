@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from predictor.loadtest import realsize
+from loadtest import realsize
 
 
 def test_components_have_sd21_published_parameter_counts():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from predictor.loadtest.analysis import Criteria, StageStats, evaluate
-from predictor.loadtest.apply import ApplyError, apply_result, format_number, update_unit_text
-from predictor.loadtest.plot import plot_result
-from predictor.loadtest.report import SCHEMA, build_result, load_result, summary_text, write_json
+from loadtest.analysis import Criteria, StageStats, evaluate
+from loadtest.apply import ApplyError, apply_result, format_number, update_unit_text
+from loadtest.plot import plot_result
+from loadtest.report import SCHEMA, build_result, load_result, summary_text, write_json
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -227,6 +228,57 @@ def test_apply_refuses_an_edit_the_controller_rejects(tmp_path):
     assert "max_throughput: 60" in config.read_text()
 
 
+BAD_UNITS = [
+    ("pool: capacity", "pool: nonsense", "units[1].pool: must be one of cost, capacity, got 'nonsense'"),
+    ("price_per_hour: 1.0060", "price_per_hour: 0", "units[1].price_per_hour: must be > 0"),
+    ("max_replicas: 10\nrouter", "max_replicas: 0\nrouter", "units[1].max_replicas: must be >= 1"),
+    ("    instance_type: g5.xlarge\n", "", "units[1].instance_type: is required"),
+    ("- name: sd21-g5-cuda", "- name: sd21-inf2", "units[1].name: duplicate unit name 'sd21-inf2' (also units[0])"),
+    ("latency_s: 0.92", "latency_s: fast", "units[1].latency_s: must be a number, got 'fast'"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "message"), BAD_UNITS)
+def test_apply_names_what_is_wrong_in_a_bad_config_as_the_controller_does(tmp_path, old, new, message):
+    config = tmp_path / "controller.yaml"
+    bad = CONFIG.replace(old, new, 1)
+    config.write_text(bad)
+    with pytest.raises(ApplyError, match=re.escape(message)):
+        apply_result(make_result(), config, unit="sd21-inf2")
+    assert config.read_text() == bad  # nothing written
+    # the controller rejects the same file: the check is never stricter than the controller
+    from controller.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError):
+        parse_config(yaml.safe_load(bad))
+
+
+def test_apply_checks_the_config_without_the_controller_package(tmp_path):
+    """loadtest reads the documented file format itself: with `controller` unimportable a bad
+    config is still refused, and a good one is still written."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(CONFIG.replace("pool: capacity", "pool: nonsense"))
+    good = tmp_path / "good.yaml"
+    good.write_text(CONFIG)
+    result = tmp_path / "result.json"
+    write_json(make_result(), result)
+    code = (
+        "import sys; sys.modules['controller'] = None\n"
+        "from loadtest.apply import ApplyError, apply_result\n"
+        "from loadtest.report import load_result\n"
+        "result = load_result(sys.argv[1])\n"
+        "try:\n    apply_result(result, sys.argv[2])\nexcept ApplyError as error:\n    print('refused:', error)\n"
+        "apply_result(result, sys.argv[3])\n"
+        "assert 'controller.config' not in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(result), str(bad), str(good)], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "refused: the updated config does not validate: units[1].pool" in done.stdout
+    assert yaml.safe_load(good.read_text())["units"][1]["max_throughput"] == 2
+
+
 def test_apply_needs_a_unit_name(tmp_path):
     config = tmp_path / "controller.yaml"
     config.write_text(CONFIG)
@@ -242,7 +294,7 @@ def test_apply_command_line(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "predictor.loadtest",
+        "loadtest",
         "apply",
         "--result",
         str(result_path),

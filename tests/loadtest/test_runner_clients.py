@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from predictor.loadtest import v2_grpc
-from predictor.loadtest.analysis import DROPPED, OK, Criteria
-from predictor.loadtest.clients import EndpointError, RestClient, Target, protocol_of
-from predictor.loadtest.runner import RunSettings, RunState, run_load_test
+from loadtest import v2_grpc
+from loadtest.analysis import DROPPED, OK, Criteria
+from loadtest.clients import EndpointError, RestClient, Target, protocol_of
+from loadtest.runner import RunSettings, RunState, run_load_test
 from tests.loadtest.fake_v2 import FakeV2Server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -240,7 +240,7 @@ def test_command_line_against_a_saturating_server_with_a_host_header(tmp_path):
         command = [
             sys.executable,
             "-m",
-            "predictor.loadtest",
+            "loadtest",
             "--url",
             server.url,
             "--host",
@@ -280,7 +280,7 @@ def test_ctrl_c_writes_what_it_has(tmp_path):
         command = [
             sys.executable,
             "-m",
-            "predictor.loadtest",
+            "loadtest",
             "run",
             "--url",
             server.url,
@@ -313,7 +313,7 @@ def test_ctrl_c_writes_what_it_has(tmp_path):
 
 def test_bad_arguments_are_usage_errors():
     done = subprocess.run(
-        [sys.executable, "-m", "predictor.loadtest", "--url", "ftp://x", "--rates", "1"],
+        [sys.executable, "-m", "loadtest", "--url", "ftp://x", "--rates", "1"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -333,7 +333,7 @@ def test_unreachable_endpoint_fails_fast_without_results(tmp_path):
         [
             sys.executable,
             "-m",
-            "predictor.loadtest",
+            "loadtest",
             "--url",
             f"http://127.0.0.1:{port}",
             "--rates",
@@ -381,7 +381,7 @@ import sys
 which = sys.argv[1]
 if which == "triton":
     from tritonclient.grpc import service_pb2
-    from predictor.loadtest import v2_grpc
+    from loadtest import v2_grpc
     raw = v2_grpc.infer_request("sd", ["a cat"], {"num_inference_steps": 2, "guidance_scale": 7.5})
     request = service_pb2.ModelInferRequest.FromString(raw)
     assert request.model_name == "sd" and request.inputs[0].datatype == "BYTES"
@@ -393,7 +393,7 @@ if which == "triton":
     assert v2_grpc.output_tensor(response.SerializeToString(), "image") == [b"x"]
 else:
     import kserve.protocol.grpc.grpc_predict_v2_pb2 as pb
-    from predictor.loadtest import v2_grpc
+    from loadtest import v2_grpc
     raw = v2_grpc.infer_request("sd", ["a cat"], {"num_inference_steps": 2})
     assert pb.ModelInferRequest.FromString(raw).parameters["num_inference_steps"].int64_param == 2
 print("ok")

@@ -92,7 +92,7 @@ def scene(tmp_path_factory) -> Iterator[dict]:
     cuda = None
     fake = FakeKube().start()
     try:
-        from predictor.tiny import build_tiny_sd
+        from modelbuild.tiny import build_tiny_sd
 
         tiny = build_tiny_sd(tmp / "tiny")
         inf2 = start_unit("sd21-inf2", tiny, tmp, "--max_batch_size", "1", "--max_queue_size", "1",

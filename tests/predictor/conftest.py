@@ -12,7 +12,7 @@ from tests.predictor.harness import Server, start_server, stop_server
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from predictor.tiny import build_tiny_sd
+    from modelbuild.tiny import build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
 

@@ -242,7 +242,7 @@ def test_missing_model_and_no_model_id_is_a_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_model_with_fp16(tmp_path_factory):
     """A repo laid out like the hub's: plain float32 weights plus an ``fp16`` variant of each."""
-    from predictor.tiny import build_tiny_sd
+    from modelbuild.tiny import build_tiny_sd
 
     directory = tmp_path_factory.mktemp("tiny-sd-fp16")
     build_tiny_sd(directory)
@@ -252,7 +252,7 @@ def tiny_model_with_fp16(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_model_fp16_only(tmp_path_factory):
-    from predictor.tiny import build_tiny_sd
+    from modelbuild.tiny import build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd-fp16-only"), variant="fp16")
 

@@ -25,7 +25,7 @@ TASKS_GRPC_CLIENT = Path(__file__).resolve().parents[1] / "tasks" / "grpc_client
 
 @pytest.fixture(scope="module")
 def sdxl_server(tmp_path_factory):
-    from predictor.tiny import build_tiny_sdxl
+    from modelbuild.tiny import build_tiny_sdxl
 
     model_dir = build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
     server = start_server(

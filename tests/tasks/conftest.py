@@ -66,7 +66,7 @@ class Server:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    from predictor.tiny_models import build
+    from modelbuild.tiny_models import build
 
     root = tmp_path_factory.mktemp("tiny-models")
     return {task: build(task, root / task) for task in TASKS}

@@ -36,7 +36,7 @@ def _require_llama_cpp():
 def gguf_model(tmp_path_factory) -> Path:
     """The tiny Llama of ``tiny_models`` (seed 0) as f32 GGUF: the same weights as the transformers test model."""
     _require_llama_cpp()
-    from predictor.tiny_models import build_gguf_lm
+    from modelbuild.tiny_models import build_gguf_lm
 
     return build_gguf_lm(tmp_path_factory.mktemp("tiny-gguf"), seed=0, gguf_type="f32")
 
@@ -116,7 +116,7 @@ def test_greedy_text_equals_transformers_on_the_same_weights(generator):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from predictor.tiny_models import build_causal_lm
+    from modelbuild.tiny_models import build_causal_lm
 
     hf_dir = build_causal_lm(generator.log_path.parent / "hf", seed=0)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
@@ -196,7 +196,7 @@ def test_threads_follow_the_container_cpu_limit(tmp_path, monkeypatch, files, cp
 def test_tiny_models_cli_writes_a_gguf_llama_cpp_loads(tmp_path, gguf_type, described):
     _require_llama_cpp()
     completed = subprocess.run(
-        [sys.executable, "-m", "predictor.tiny_models", str(tmp_path), "--task", "text-generation",
+        [sys.executable, "-m", "modelbuild.tiny_models", str(tmp_path), "--task", "text-generation",
          "--format", "gguf", "--gguf_type", gguf_type],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

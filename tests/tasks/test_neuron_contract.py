@@ -14,9 +14,9 @@ import types
 import pytest
 import torch
 
+from modelbuild.tiny_models import build
 from predictor.device import DeviceInfo
 from predictor.tasks.base import ServingLimits
-from predictor.tiny_models import build
 from tests.tasks.helpers import png
 
 NEURON = DeviceInfo(kind="neuron", count=1, names=("neuron0",), requested="neuron")

@@ -88,7 +88,7 @@ def test_largest_seed_and_a_decimal_string_seed_are_accepted(generator):
 @pytest.fixture(scope="module")
 def gpt2_server(tmp_path_factory):
     """A GPT-2 with a 64-token context and learned position embeddings, batching for 300 ms."""
-    from predictor.tiny_models import build_gpt2_lm
+    from modelbuild.tiny_models import build_gpt2_lm
 
     model_dir = build_gpt2_lm(tmp_path_factory.mktemp("gpt2"), context=64)
     server = start_server(

@@ -27,7 +27,7 @@ FAKE = HERE / "fake_vllm"
 
 @pytest.fixture(scope="module")
 def hf_model(tmp_path_factory) -> Path:
-    from predictor.tiny_models import build_causal_lm
+    from modelbuild.tiny_models import build_causal_lm
 
     return build_causal_lm(tmp_path_factory.mktemp("vllm-model") / "llama", seed=0)
 

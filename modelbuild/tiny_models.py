@@ -11,11 +11,11 @@ but every code path of the real pipelines runs. Each model is well under a few M
   text-generation       Llama-class causal LM, byte-level BPE tokenizer with a chat template
                         (``build_gpt2_lm``: a GPT-2 with learned positions and a 64-token context)
 
-Usage: ``python -m predictor.tiny_models DIR --task TASK [--seed 0]``
+Usage: ``python -m modelbuild.tiny_models DIR --task TASK [--seed 0]``
 
 ``--format gguf`` (text-generation only) writes the same Llama as one GGUF file for the llama.cpp
 backend instead (``DIR/model-<type>.gguf``; ``--gguf_type`` f16 (default), f32, or a 4-bit/8-bit
-type llama.cpp quantizes locally: q4_0, q4_k_m, q8_0). See ``predictor.gguf_convert``.
+type llama.cpp quantizes locally: q4_0, q4_k_m, q8_0). See ``modelbuild.gguf_convert``.
 """
 
 from __future__ import annotations
@@ -283,7 +283,7 @@ def build_gguf_lm(output_dir: str | Path, seed: int = 0, gguf_type: str = "f16",
     """The tiny Llama (``build_causal_lm``) as one GGUF file in ``output_dir``; returns the file."""
     import tempfile
 
-    from predictor.gguf_convert import FLOAT_TYPES, QUANT_TYPES, convert_llama, quantize
+    from modelbuild.gguf_convert import FLOAT_TYPES, QUANT_TYPES, convert_llama, quantize
 
     if gguf_type not in FLOAT_TYPES + QUANT_TYPES:
         raise ValueError(f"gguf type must be one of {FLOAT_TYPES + QUANT_TYPES}, got {gguf_type!r}")
@@ -299,7 +299,7 @@ def build_gguf_lm(output_dir: str | Path, seed: int = 0, gguf_type: str = "f16",
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m predictor.tiny_models", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m modelbuild.tiny_models", description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", help="Directory to write the model into.")
     parser.add_argument("--task", required=True, choices=TASKS, help="Which task's model to build.")
     parser.add_argument("--seed", type=int, default=0, help="Seed for the random weights.")
@@ -317,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.task != "text-generation":
             parser.error("--format gguf is only for --task text-generation")
         path = build_gguf_lm(args.output_dir, seed=args.seed, gguf_type=args.gguf_type)
-        print(f"wrote a tiny text-generation model (llama, {args.gguf_type}) to {path} ({path.stat().st_size / 1e6:.2f} MB)")
+        print(
+            f"wrote a tiny text-generation model (llama, {args.gguf_type}) to {path} ({path.stat().st_size / 1e6:.2f} MB)"
+        )
         return 0
     path = build(args.task, args.output_dir, seed=args.seed)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

@@ -2,8 +2,8 @@
 
 Only the two scalars ``max_throughput`` and ``latency_s`` of the named unit change: their
 positions come from the YAML parser's node marks, so comments, key order, quoting and layout of
-everything else stay byte-for-byte the same. The edited file is validated with the controller's
-own parser before it replaces the original (atomically).
+everything else stay byte-for-byte the same. The edited file's units are checked against the
+documented file format (``loadtest.controller_config``) before it replaces the original (atomically).
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from loadtest import controller_config
+from loadtest.controller_config import ConfigFileError, check_units
 
 FIELDS = ("max_throughput", "latency_s")
 
@@ -102,15 +105,10 @@ def update_unit_text(text: str, unit: str, values: dict[str, float]) -> tuple[st
 
 
 def validate(text: str) -> None:
-    """Check the edited config with the controller's parser when it is importable."""
+    """Check the edited config's units as docs/controller.md documents them."""
     try:
-        from controller.config import ConfigError, parse_config
-    except ImportError:
-        yaml.safe_load(text)
-        return
-    try:
-        parse_config(yaml.safe_load(text))
-    except ConfigError as error:
+        check_units(yaml.safe_load(text))
+    except ConfigFileError as error:
         raise ApplyError(f"the updated config does not validate: {error}") from None
 
 
@@ -120,11 +118,10 @@ def throughput_scale(config_text: str) -> float:
         data = yaml.safe_load(config_text)
     except yaml.YAMLError as error:
         raise ApplyError(f"the config is not valid YAML: {error}") from None
-    per = data.get("throughput_per", "second") if isinstance(data, dict) else "second"
-    scales = {"second": 1.0, "minute": 60.0}
-    if per not in scales:
-        raise ApplyError(f"throughput_per must be second or minute, got {per!r}")
-    return scales[per]
+    try:
+        return controller_config.throughput_scale(data)
+    except ConfigFileError as error:
+        raise ApplyError(str(error)) from None
 
 
 def unit_values(result: dict[str, Any]) -> dict[str, Any]:
@@ -139,7 +136,7 @@ def apply_result(
     result: dict[str, Any], config_path: str | Path, unit: str | None = None, dry_run: bool = False
 ) -> tuple[str, str]:
     """Update ``config_path`` from a result; returns (unified diff, unit name). Writes unless ``dry_run``."""
-    from predictor.loadtest.report import write_atomic
+    from loadtest.report import write_atomic
 
     measured = unit_values(result)
     name = unit or measured.get("name")

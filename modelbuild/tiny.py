@@ -5,7 +5,7 @@ constructed locally and saved with ``save_pretrained``, so the result loads with
 ``StableDiffusionPipeline.from_pretrained(DIR)`` exactly like a real checkpoint. The weights
 are random, so images are noise, but every code path of the real pipeline runs.
 
-Usage: ``python -m predictor.tiny DIR [--seed 0]``
+Usage: ``python -m modelbuild.tiny DIR [--seed 0]``
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def build_tiny_sdxl(output_dir: str | Path, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m predictor.tiny", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m modelbuild.tiny", description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", help="Directory to write the pipeline into.")
     parser.add_argument("--seed", type=int, default=0, help="Seed for the random weights.")
     parser.add_argument("--xl", action="store_true", help="A Stable Diffusion XL pipeline instead.")

@@ -1,10 +1,10 @@
 """Text-generation engines compared on one Llama-shaped model: transformers (fp32) vs llama.cpp (f16, q4_0).
 
-    python benchmarks/llm_engines.py [--out DIR] [--max_tokens 64] [--levels 1,4,16]
+    python -m bench.llm_engines [--out DIR] [--max_tokens 64] [--levels 1,4,16]
 
-Builds a random-weight Llama (``predictor.tiny_models.build_causal_lm`` with larger sizes: 8
+Builds a random-weight Llama (``modelbuild.tiny_models.build_causal_lm`` with larger sizes: 8
 layers, hidden 512, ~23 M parameters, 92 MB in fp32; no hub), converts it to GGUF f16 and
-quantizes that to q4_0 with llama.cpp (``predictor.gguf_convert``), then serves each variant in
+quantizes that to q4_0 with llama.cpp (``modelbuild.gguf_convert``), then serves each variant in
 turn with ``python -m predictor`` (one server at a time, so they never share the cores) and runs
 closed-loop streaming OpenAI completions at each concurrency level: every client sends its next
 request when the previous one ends, ``--requests_per_client`` times. Reported per engine and level:
@@ -42,8 +42,8 @@ def free_port() -> int:
 
 
 def build_models(root: Path) -> dict[str, Path]:
-    from predictor.gguf_convert import convert_llama, quantize
-    from predictor.tiny_models import build_causal_lm
+    from modelbuild.gguf_convert import convert_llama, quantize
+    from modelbuild.tiny_models import build_causal_lm
 
     hf = build_causal_lm(root / "transformers", seed=0, **SIZES)
     f16 = convert_llama(hf, root / "f16" / "model-f16.gguf", "f16")
@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, path in models.items()
         }
         for name in args.engines.split(","):
-            process, url = start_server(models[name], out / f"server-{name.replace(' ', '-')}.log", args.threads, max(levels))
+            process, url = start_server(
+                models[name], out / f"server-{name.replace(' ', '-')}.log", args.threads, max(levels)
+            )
             try:
                 stream_once(requests.Session(), url, 4)  # first-request effects out of the figures
                 report["engines"][name] = [

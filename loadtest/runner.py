@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from predictor.loadtest.analysis import (
+from loadtest.analysis import (
     CANCELLED,
     DROPPED,
     OK,
@@ -35,7 +35,7 @@ from predictor.loadtest.analysis import (
     percentile,
     summarize_stage,
 )
-from predictor.loadtest.clients import Client, EndpointError
+from loadtest.clients import Client, EndpointError
 
 ARRIVALS = ("poisson", "uniform")
 

@@ -24,8 +24,10 @@ FLOAT_TYPES = ("f32", "f16")
 
 def _permute(weights, heads: int):
     """convert_hf_to_gguf.py ``LlamaModel.permute``: halves of each head -> interleaved pairs."""
-    return weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(
-        weights.shape
+    return (
+        weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
     )
 
 

@@ -12,11 +12,11 @@ real one costs, while the images are noise. Config values are SD 2.1's published
   16 heads, 4096 MLP, GELU, 77 tokens, a 49408-token embedding.
 * Scheduler: DDIM with v-prediction (scaled-linear betas 0.00085..0.012).
 
-The tokenizer is the minimal byte-level CLIP BPE of ``predictor.tiny`` (the real vocabulary is a
+The tokenizer is the minimal byte-level CLIP BPE of ``modelbuild.tiny`` (the real vocabulary is a
 download); token ids stay within the 49408-row embedding, and the sequence is still 77 tokens, so
 the text encoder's cost is the real one.
 
-Usage: ``python -m predictor.loadtest.realsize DIR [--dtype float16] [--seed 0]`` (about 2.6 GB in
+Usage: ``python -m loadtest.realsize DIR [--dtype float16] [--seed 0]`` (about 2.6 GB in
 float16; building takes a minute or two on CPU).
 """
 
@@ -96,7 +96,7 @@ def build_sd21(output_dir: str | Path, dtype: str = "float16", seed: int = 0, de
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from predictor.tiny import TOKENIZER_MAX_LENGTH, write_tokenizer
+    from modelbuild.tiny import TOKENIZER_MAX_LENGTH, write_tokenizer
 
     torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
     output = Path(output_dir)
@@ -164,7 +164,7 @@ def parameter_counts(model_dir: str | Path) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m predictor.loadtest.realsize", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtest.realsize", description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", help="Directory to write the pipeline into.")
     parser.add_argument(
         "--dtype",

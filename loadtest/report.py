@@ -2,7 +2,7 @@
 
 The JSON's ``unit`` object holds exactly what the controller config calls a unit's measured
 capacity: ``max_throughput`` (requests/s one replica sustains at its breaking point) and
-``latency_s`` (latency there), so ``python -m predictor.loadtest apply`` can copy them in.
+``latency_s`` (latency there), so ``python -m loadtest apply`` can copy them in.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from predictor.loadtest.analysis import Criteria, Evaluation, StageStats, scale_targets
+from loadtest.analysis import Criteria, Evaluation, StageStats, scale_targets
 
+# The identifier results were written with since the first version (when the package was
+# predictor.loadtest): kept, so earlier result.json files still load and apply.
 SCHEMA = "predictor.loadtest/result-v1"
 
 

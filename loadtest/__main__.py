@@ -1,4 +1,4 @@
-"""``python -m predictor.loadtest {run,apply,plot,realsize}``: find a deployment unit's breaking point.
+"""``python -m loadtest {run,apply,plot,realsize}``: find a deployment unit's breaking point.
 
 run       drive a KServe v2 endpoint (REST or gRPC) with open-loop stages of rising rate; write
           result.json, result.png and requests.csv to --out.
@@ -6,7 +6,7 @@ apply     copy a result's measured max_throughput/latency_s into a unit of the c
 plot      redraw the PNG from a result.json.
 realsize  build an SD 2.1-shaped pipeline with random weights (for GPU load tests).
 
-``python -m predictor.loadtest --url ...`` is short for ``run --url ...``.
+``python -m loadtest --url ...`` is short for ``run --url ...``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from predictor.loadtest.analysis import LATENCY_STATS, Criteria, stage_rates
-from predictor.loadtest.runner import ARRIVALS, RunSettings, RunState
+from loadtest.analysis import LATENCY_STATS, Criteria, stage_rates
+from loadtest.runner import ARRIVALS, RunSettings, RunState
 
 COMMANDS = ("run", "apply", "plot", "realsize")
 EXIT_INTERRUPTED = 130
@@ -58,7 +58,7 @@ def _rates(value: str) -> list[float]:
 
 def run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m predictor.loadtest run",
+        prog="python -m loadtest run",
         description="Open-loop load test of a KServe v2 endpoint: stages of rising request rate until the "
         "breaking point (latency SLO, error rate or throughput plateau). Latency is measured from each "
         "request's scheduled send time.",
@@ -171,7 +171,7 @@ def run_parser() -> argparse.ArgumentParser:
 
 def _apply_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m predictor.loadtest apply",
+        prog="python -m loadtest apply",
         description="Set a unit's max_throughput and latency_s in the controller config from a result.json "
         "(the rest of the file is left as it is; the result is validated first).",
     )
@@ -183,7 +183,7 @@ def _apply_parser() -> argparse.ArgumentParser:
 
 
 def _plot_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m predictor.loadtest plot", description="Redraw the PNG of a result.")
+    p = argparse.ArgumentParser(prog="python -m loadtest plot", description="Redraw the PNG of a result.")
     p.add_argument("--result", required=True, type=Path)
     p.add_argument("--png", type=Path, help="output (default: next to the result, .png)")
     p.add_argument("--title")
@@ -209,7 +209,7 @@ def _request_parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _write_outputs(state: RunState, args, criteria: Criteria, target, settings: RunSettings, command: str) -> dict:
-    from predictor.loadtest.report import build_result, summary_text, write_json, write_requests_csv
+    from loadtest.report import build_result, summary_text, write_json, write_requests_csv
 
     result = build_result(
         stages=state.stats(),
@@ -249,7 +249,7 @@ def _write_outputs(state: RunState, args, criteria: Criteria, target, settings: 
     write_requests_csv(state.stages, out / "requests.csv")
     written = [out / "result.json", out / "requests.csv"]
     if not args.no_plot and state.stats():
-        from predictor.loadtest.plot import plot_result
+        from loadtest.plot import plot_result
 
         written.append(plot_result(result, out / "result.png"))
     print(summary_text(result))
@@ -257,15 +257,15 @@ def _write_outputs(state: RunState, args, criteria: Criteria, target, settings: 
     if result.get("unit"):
         unit = args.unit or "UNIT"
         print(
-            f"update the controller config: python -m predictor.loadtest apply --result {out / 'result.json'} "
+            f"update the controller config: python -m loadtest apply --result {out / 'result.json'} "
             f"--config controller.yaml --unit {unit}"
         )
     return result
 
 
 def cmd_run(argv: list[str]) -> int:
-    from predictor.loadtest.clients import EndpointError, Target, make_client, protocol_of
-    from predictor.loadtest.runner import run_load_test
+    from loadtest.clients import EndpointError, Target, make_client, protocol_of
+    from loadtest.runner import run_load_test
 
     parser = run_parser()
     args = parser.parse_args(argv)
@@ -316,7 +316,7 @@ def cmd_run(argv: list[str]) -> int:
         timeout_s=args.timeout,
         verify_tls=not args.insecure,
     )
-    command = "python -m predictor.loadtest run " + shlex.join(argv)
+    command = "python -m loadtest run " + shlex.join(argv)
     state = RunState()
     client = make_client(target, settings.max_inflight)
 
@@ -357,7 +357,7 @@ def cmd_run(argv: list[str]) -> int:
     if state.interrupted:
         code = EXIT_INTERRUPTED
     if state.evaluation is None:
-        from predictor.loadtest.analysis import evaluate
+        from loadtest.analysis import evaluate
 
         state.evaluation = evaluate(state.stats(), criteria)
     if state.finished_at is None:
@@ -372,8 +372,8 @@ def cmd_run(argv: list[str]) -> int:
 
 
 def cmd_apply(argv: list[str]) -> int:
-    from predictor.loadtest.apply import ApplyError, apply_result, unit_values
-    from predictor.loadtest.report import load_result
+    from loadtest.apply import ApplyError, apply_result, unit_values
+    from loadtest.report import load_result
 
     args = _apply_parser().parse_args(argv)
     try:
@@ -401,8 +401,8 @@ def cmd_apply(argv: list[str]) -> int:
 
 
 def cmd_plot(argv: list[str]) -> int:
-    from predictor.loadtest.plot import plot_result
-    from predictor.loadtest.report import load_result
+    from loadtest.plot import plot_result
+    from loadtest.report import load_result
 
     args = _plot_parser().parse_args(argv)
     try:
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "plot":
         return cmd_plot(rest)
     if command == "realsize":
-        from predictor.loadtest.realsize import main as realsize_main
+        from loadtest.realsize import main as realsize_main
 
         return realsize_main(rest)
     return cmd_run(rest)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from predictor.loadtest import v2_grpc
+from loadtest import v2_grpc
 
 OUTPUT_NAME = "image"
 

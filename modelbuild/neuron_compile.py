@@ -5,7 +5,7 @@ height, width and batch size, which takes tens of minutes. Doing it once, in a J
 (deploy/neuron-compile/), lets every serving pod on inf2 or trn1 load the compiled artefacts
 from its ``storageUri`` instead of compiling at start-up::
 
-    python -m predictor.neuron_compile --model_id stabilityai/stable-diffusion-2-1-base \\
+    python -m modelbuild.neuron_compile --model_id stabilityai/stable-diffusion-2-1-base \\
         --output /work/sd21-neuron --height 512 --width 512 --batch_size 1 \\
         --s3_uri s3://my-bucket/sd21/neuron/sd21-base-512x512-bs1/
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-LOG = logging.getLogger("predictor.neuron_compile")
+LOG = logging.getLogger("modelbuild.neuron_compile")
 
 MANIFEST_NAME = "neuron_compile.json"
 DEFAULT_PIPELINE_CLASS = "NeuronStableDiffusionPipeline"
@@ -96,7 +96,7 @@ def _image_side(value: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m predictor.neuron_compile",
+        prog="python -m modelbuild.neuron_compile",
         description="Compile a Stable Diffusion pipeline for AWS Neuron at fixed shapes; optionally upload it to S3.",
     )
     parser.add_argument("--model_id", required=True, help="Hugging Face repo id or local diffusers directory.")

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench`` (served vs bare pipeline), ``python -m bench.llm_engines`` (text-generation engines)."""
