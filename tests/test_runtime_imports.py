@@ -7,13 +7,14 @@ import hidden in a function that no test happens to call is still caught.
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.source_imports import imported_names, modules
 
 REPO = Path(__file__).resolve().parents[1]
 # top-level names no runtime module may import
@@ -32,31 +33,14 @@ FORBIDDEN_IN_RUNTIME = (
 NOT_LOADED_BY_THE_SERVER = ("matplotlib", "kubernetes", "tritonclient")
 
 
-def imported_modules(path: Path, top: Path) -> set[str]:
-    """Every module an ``import`` or ``from ... import`` anywhere in the file names (absolute form);
-    ``top`` is the directory holding the top-level package (for relative imports)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    package = ".".join(path.relative_to(top).with_suffix("").parts[:-1])
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: resolve against the file's package
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                names.add(".".join([*base, node.module] if node.module else base))
-            elif node.module:
-                names.add(node.module)
-    return names
-
-
-def forbidden_imports(root: Path, forbidden: tuple[str, ...]) -> list[str]:
-    found = []
-    for path in sorted(root.rglob("*.py")):
-        for name in sorted(imported_modules(path, root.parent)):
+def forbidden_imports(package: str, forbidden: tuple[str, ...], root: Path = REPO) -> list[str]:
+    """``PATH imports TOP`` for each forbidden top-level package a module of ``package`` imports."""
+    found = set()
+    for module in modules(package, root).values():
+        for name in imported_names(module):
             if name.split(".")[0] in forbidden:
-                found.append(f"{path.relative_to(root.parent)} imports {name}")
-    return found
+                found.add(f"{module.path.relative_to(root)} imports {name.split('.')[0]}")
+    return sorted(found)
 
 
 def test_the_import_reader_sees_function_level_and_relative_imports(tmp_path):
@@ -67,24 +51,20 @@ def test_the_import_reader_sees_function_level_and_relative_imports(tmp_path):
         "import json\n\n\ndef f():\n    import matplotlib.pyplot\n\n\n"
         "def g():\n    from ...bench import servers\n    from . import sibling\n"
     )
-    assert imported_modules(package / "sub" / "mod.py", tmp_path) == {
-        "json",
-        "matplotlib.pyplot",
-        "bench",
-        "predictor.sub",
-    }
-    assert forbidden_imports(package, FORBIDDEN_IN_RUNTIME) == [
+    (module,) = modules("predictor", tmp_path).values()
+    assert {"json", "matplotlib.pyplot", "bench", "predictor.sub.sibling"} <= set(imported_names(module))
+    assert forbidden_imports("predictor", FORBIDDEN_IN_RUNTIME, tmp_path) == [
         "predictor/sub/mod.py imports bench",
-        "predictor/sub/mod.py imports matplotlib.pyplot",
+        "predictor/sub/mod.py imports matplotlib",
     ]
 
 
 def test_no_runtime_module_imports_a_tool_the_controller_or_their_dependencies():
-    assert forbidden_imports(REPO / "predictor", FORBIDDEN_IN_RUNTIME) == []
+    assert forbidden_imports("predictor", FORBIDDEN_IN_RUNTIME) == []
 
 
 def test_loadtest_reads_controller_configs_without_importing_the_controller():
-    assert forbidden_imports(REPO / "loadtest", ("controller",)) == []
+    assert forbidden_imports("loadtest", ("controller",)) == []
 
 
 # Records, for each watched top-level package, the module whose code imported it first.

@@ -1,15 +1,14 @@
 """How the runtime's task and backend packages depend on each other (issue 16, part 2).
 
-* ``predictor.tasks`` (protocol: parse, validate, shape answers) never imports
-  ``predictor.backends`` (what runs a task), not even inside a function;
-* no import cycle among them, function-level imports counted;
+(``tests/test_architecture.py`` checks that tasks never import backends and that nothing in the
+runtime forms an import cycle.) Here:
+
 * a tool can load a diffusers pipeline and encode PNGs as the server does without importing kserve
   (the benchmark re-implemented both because the old module imported kserve at module level).
 """
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -17,57 +16,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("predictor/tasks", "predictor/backends")
-
-
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _imports() -> dict[str, set[str]]:
-    """Every ``predictor.*`` module each module of PACKAGES imports, wherever the import statement is."""
-    graph: dict[str, set[str]] = {}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            targets: set[str] = set()
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                    targets.add(node.module)
-                    targets.update(f"{node.module}.{alias.name}" for alias in node.names)
-                elif isinstance(node, ast.Import):
-                    targets.update(alias.name for alias in node.names)
-            graph[_module_name(path)] = {t for t in targets if t.startswith("predictor.")}
-    return graph
-
-
-def test_tasks_never_import_backends():
-    wrong = {
-        module: sorted(t for t in targets if t.startswith("predictor.backends"))
-        for module, targets in _imports().items()
-        if module.startswith("predictor.tasks")
-    }
-    assert {module: targets for module, targets in wrong.items() if targets} == {}
-
-
-def test_no_import_cycles_among_tasks_and_backends():
-    graph = _imports()
-    edges = {module: {t for t in targets if t in graph and t != module} for module, targets in graph.items()}
-
-    def on_a_cycle(module: str) -> bool:
-        """Depth-first from ``module``: does any path lead back to it?"""
-        seen: set[str] = set()
-        stack = list(edges[module])
-        while stack:
-            current = stack.pop()
-            if current == module:
-                return True
-            if current not in seen:
-                seen.add(current)
-                stack.extend(edges[current])
-        return False
-
-    assert sorted(module for module in edges if on_a_cycle(module)) == []
 
 
 @pytest.mark.parametrize(
