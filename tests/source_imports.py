@@ -26,15 +26,23 @@ class Module:
         return parts if self.path.name == "__init__.py" else parts[:-1]
 
 
+def module_at(path: Path, root: Path = ROOT) -> Module:
+    """The module in file ``path``, named from its place under ``root``."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return Module(".".join(parts), path, ast.parse(path.read_text(), filename=str(path)))
+
+
+def file_imports(path: Path, root: Path = ROOT) -> set[str]:
+    """Every module name the imports in file ``path`` may bind."""
+    return set(imported_names(module_at(path, root)))
+
+
 def modules(package: str, root: Path = ROOT) -> dict[str, Module]:
-    found = {}
-    for path in sorted((root / package).rglob("*.py")):
-        parts = list(path.relative_to(root).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        name = ".".join(parts)
-        found[name] = Module(name, path, ast.parse(path.read_text(), filename=str(path)))
-    return found
+    """Every module of ``package`` (a directory under ``root``) by dotted name."""
+    found = (module_at(path, root) for path in sorted((root / package).rglob("*.py")))
+    return {module.name: module for module in found}
 
 
 def imported_names(module: Module) -> Iterator[str]:

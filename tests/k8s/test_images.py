@@ -180,7 +180,7 @@ def _module_file(name: str) -> Path | None:
 def _first_party_closure(entries: list[str]) -> set[str]:
     """The repository's modules that ``entries`` import, transitively (imports anywhere in a module:
     the conservative reading, since a function-level import runs when that code path does)."""
-    from tests.test_runtime_imports import imported_modules
+    from tests.source_imports import file_imports
 
     seen: set[str] = set()
     todo = list(entries)
@@ -193,7 +193,7 @@ def _first_party_closure(entries: list[str]) -> set[str]:
             if path is None or module in seen:
                 continue
             seen.add(module)
-            for imported in imported_modules(path, REPO_ROOT):
+            for imported in file_imports(path, REPO_ROOT):
                 todo.append(imported)
                 target = _module_file(imported)
                 if target is not None and target.name == "__init__.py":  # `from package import name`: any submodule
@@ -224,11 +224,11 @@ def test_each_image_context_holds_every_package_its_commands_import(image: str) 
 
 def _third_party_imports(modules: set[str]) -> set[str]:
     """Top-level names of what ``modules`` import from outside the repository and the standard library."""
-    from tests.test_runtime_imports import imported_modules
+    from tests.source_imports import file_imports
 
     names = set()
     for module in modules:
-        for imported in imported_modules(_module_file(module), REPO_ROOT):
+        for imported in file_imports(_module_file(module), REPO_ROOT):
             top = imported.split(".")[0]
             if _module_file(top) is None and top not in sys.stdlib_module_names:
                 names.add(top)
