@@ -1,0 +1,242 @@
+"""What the deployment units and the runtimes share is written once.
+
+A unit file (inferenceservices/sd21-*.yaml) and a runtime file (servingruntimes/diffusers-*.yaml)
+hold what is specific to them; the kustomize components inferenceservices/components/unit and
+servingruntimes/components/predictor add what they share. These tests read the source files (to
+catch a shared field copied back into one of them) and the rendered builds (to check that every
+unit and runtime still gets the shared fields).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from k8slib import REPO_ROOT, ObjectSet, dig, find_yaml_files
+
+UNITS_DIR = REPO_ROOT / "inferenceservices"
+RUNTIMES_DIR = REPO_ROOT / "servingruntimes"
+UNIT_COMPONENT = UNITS_DIR / "components" / "unit" / "unit.yaml"
+RUNTIME_COMPONENT = RUNTIMES_DIR / "components" / "predictor" / "predictor.yaml"
+# Every build that renders the units or the runtimes.
+UNIT_BUILDS = ("inferenceservices", "deploy/serving", "deploy", "deploy/capacity-optimized")
+RUNTIME_BUILDS = ("servingruntimes", "deploy/serving", "deploy", "deploy/capacity-optimized")
+# A unit file is a handful of specific fields plus the comment on its scaling arithmetic.
+MAX_UNIT_FILE_LINES = 40
+MAX_RUNTIME_FILE_LINES = 80
+
+
+def _documents(path: Path) -> list[Any]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _sources(directory: Path, kind: str) -> dict[Path, dict[str, Any]]:
+    """The files a kustomization lists as resources that hold one object of this kind."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    found = {}
+    for entry in kustomization.get("resources", []):
+        path = directory / entry
+        if path.is_file():
+            docs = _documents(path)
+            if len(docs) == 1 and docs[0].get("kind") == kind:
+                found[path] = docs[0]
+    assert found, f"no {kind} among the resources of {directory.relative_to(REPO_ROOT)}"
+    return found
+
+
+def unit_files() -> dict[Path, dict[str, Any]]:
+    return _sources(UNITS_DIR, "InferenceService")
+
+
+def runtime_files() -> dict[Path, dict[str, Any]]:
+    return _sources(RUNTIMES_DIR, "ClusterServingRuntime")
+
+
+def leaves(node: Any, path: str = "") -> set[tuple[str, str]]:
+    """(path, value) of every scalar. List items are addressed by their `name` (or a toleration's
+    `key`) where they have one and lists of scalars by membership, so a shared entry is found
+    whatever its position."""
+    if isinstance(node, dict):
+        found: set[tuple[str, str]] = set()
+        for key, value in node.items():
+            found |= leaves(value, f"{path}.{key}")
+        return found
+    if isinstance(node, list):
+        found = set()
+        for index, item in enumerate(node):
+            if isinstance(item, dict):
+                found |= leaves(item, f"{path}[{item.get('name', item.get('key', index))}]")
+            else:
+                found.add((f"{path}[]", repr(item)))
+        return found
+    return {(path, repr(node))}
+
+
+def _identity(leaf: tuple[str, str]) -> bool:
+    """apiVersion, kind and the `name` that addresses a list item are not fields to share."""
+    path = leaf[0]
+    return path in (".apiVersion", ".kind") or (path.endswith("].name") and path.count("[") >= 1)
+
+
+def _written_in_every(files: dict[Path, dict[str, Any]]) -> set[tuple[str, str]]:
+    common = set.intersection(*(leaves(doc) for doc in files.values()))
+    return {leaf for leaf in common if not _identity(leaf)}
+
+
+# --------------------------------------------------------------------------------------------
+# the source files
+
+
+def test_unit_files_are_a_few_lines_of_what_is_specific_to_the_unit() -> None:
+    for path in unit_files():
+        lines = len(path.read_text().splitlines())
+        assert lines <= MAX_UNIT_FILE_LINES, f"{path.name}: {lines} lines; shared fields go to components/unit"
+
+
+def test_runtime_files_hold_what_is_specific_to_their_accelerator() -> None:
+    for path in runtime_files():
+        lines = len(path.read_text().splitlines())
+        assert lines <= MAX_RUNTIME_FILE_LINES, f"{path.name}: {lines} lines; shared parts go to components/predictor"
+
+
+@pytest.mark.parametrize("files", [unit_files, runtime_files], ids=["units", "runtimes"])
+def test_no_field_is_written_identically_in_every_file(files) -> None:
+    """A field with the same value in every unit (runtime) belongs in the shared component."""
+    assert _written_in_every(files()) == set()
+
+
+def test_no_unit_file_sets_a_field_of_the_shared_unit_component() -> None:
+    """The component's patch would silently win over a unit's own value."""
+    (component,) = _documents(UNIT_COMPONENT)
+    shared_paths = {path for path, _ in leaves(component) if not path.startswith(".metadata.name")}
+    shared_paths -= {".apiVersion", ".kind"}
+    for path, doc in unit_files().items():
+        overlap = {p for p, _ in leaves(doc)} & shared_paths
+        assert overlap == set(), f"{path.name} sets {sorted(overlap)}, which components/unit sets for every unit"
+
+
+def _json_pointer_get(doc: Any, pointer: str) -> Any:
+    for token in pointer.lstrip("/").split("/"):
+        if isinstance(doc, list) and token.isdigit() and int(token) < len(doc):
+            doc = doc[int(token)]
+        elif isinstance(doc, dict) and token in doc:
+            doc = doc[token]
+        else:
+            return None
+    return doc
+
+
+def _runtime_ops() -> list[dict[str, Any]]:
+    (ops,) = _documents(RUNTIME_COMPONENT)
+    assert all(op["op"] == "add" for op in ops), "the shared runtime patch only adds"
+    return ops
+
+
+def _is_insertion(op: dict[str, Any]) -> bool:
+    """An add into a list (`.../-` or `.../<index>`) inserts; any other add sets a field."""
+    last = op["path"].rsplit("/", 1)[1]
+    return last == "-" or last.isdigit()
+
+
+def test_no_runtime_file_sets_a_field_of_the_shared_runtime_component() -> None:
+    for path, doc in runtime_files().items():
+        for op in _runtime_ops():
+            if _is_insertion(op):
+                parent = _json_pointer_get(doc, op["path"].rsplit("/", 1)[0])
+                assert isinstance(parent, list), f"{path.name}: {op['path']} needs a list to insert into"
+                assert op["value"] not in parent, f"{path.name} repeats {op['value']!r} of components/predictor"
+            else:
+                existing = _json_pointer_get(doc, op["path"])
+                assert existing is None, f"{path.name} sets {op['path']}, which components/predictor sets"
+
+
+# --------------------------------------------------------------------------------------------
+# the rendered objects
+
+
+def _is_subset(shared: Any, rendered: Any) -> bool:
+    if isinstance(shared, dict):
+        return isinstance(rendered, dict) and all(
+            key in rendered and _is_subset(value, rendered[key]) for key, value in shared.items()
+        )
+    return shared == rendered
+
+
+def _build(builds: dict[str, Any], name: str) -> ObjectSet:
+    result = builds[name]
+    if isinstance(result, RuntimeError):
+        pytest.fail(str(result), pytrace=False)
+    return result
+
+
+@pytest.mark.parametrize("build", UNIT_BUILDS)
+def test_every_rendered_inferenceservice_carries_the_shared_unit_fields(builds: dict[str, Any], build: str) -> None:
+    (component,) = _documents(UNIT_COMPONENT)
+    shared = {"metadata": {"annotations": component["metadata"]["annotations"]}, "spec": component["spec"]}
+    units = _build(builds, build).of_kind("InferenceService")
+    assert {unit["metadata"]["name"] for unit in units} == {doc["metadata"]["name"] for doc in unit_files().values()}
+    for unit in units:
+        assert _is_subset(shared, unit), f"{build}: {unit['metadata']['name']} lacks fields of components/unit"
+
+
+@pytest.mark.parametrize("build", RUNTIME_BUILDS)
+def test_every_rendered_runtime_carries_the_shared_runtime_parts(builds: dict[str, Any], build: str) -> None:
+    runtimes = _build(builds, build).of_kind("ClusterServingRuntime")
+    assert {r["metadata"]["name"] for r in runtimes} == {doc["metadata"]["name"] for doc in runtime_files().values()}
+    for runtime in runtimes:
+        name = runtime["metadata"]["name"]
+        for op in _runtime_ops():
+            if _is_insertion(op):
+                assert op["value"] in _json_pointer_get(runtime, op["path"].rsplit("/", 1)[0]), f"{name}: {op}"
+            else:
+                assert _json_pointer_get(runtime, op["path"]) == op["value"], f"{name}: {op['path']}"
+        args = dig(runtime, "spec", "containers", 0, "args")
+        flags = [arg.split("=", 1)[0] for arg in args]
+        assert len(flags) == len(set(flags)), f"{name}: a flag given twice: {args}"
+
+
+def test_units_leave_the_device_tolerations_to_their_runtime(deploy: ObjectSet) -> None:
+    """A unit's own tolerations would replace its runtime's (KServe MergePodSpec, see test_crossrefs)."""
+    for unit in deploy.of_kind("InferenceService"):
+        assert "tolerations" not in unit["spec"]["predictor"], unit["metadata"]["name"]
+    for runtime in deploy.of_kind("ClusterServingRuntime"):
+        assert runtime["spec"].get("tolerations"), f"{runtime['metadata']['name']}: no tolerations of its pools"
+
+
+# --------------------------------------------------------------------------------------------
+# written once across the repository
+
+
+def _objects_in_sources() -> list[tuple[Path, dict[str, Any]]]:
+    found = []
+    for path in find_yaml_files(REPO_ROOT):
+        for doc in _documents(path):
+            if isinstance(doc, dict) and "kind" in doc:
+                found.append((path, doc))
+    return found
+
+
+def test_each_traffic_weight_set_is_written_once() -> None:
+    weight_sets = []
+    for path, doc in _objects_in_sources():
+        steps = dig(doc, "spec", "nodes", "root", "steps", default=[])
+        if doc["kind"] == "InferenceGraph" and any("weight" in step for step in steps):
+            weight_sets.append((path, tuple((step["serviceName"], step.get("weight")) for step in steps)))
+    assert len(weight_sets) >= 2, "expected the cost- and capacity-optimized sets"
+    repeated = [weights for weights, count in Counter(w for _, w in weight_sets).items() if count > 1]
+    where = {
+        weights: [p.relative_to(REPO_ROOT).as_posix() for p, w in weight_sets if w == weights] for weights in repeated
+    }
+    assert not repeated, f"one weight set written in several files: {where}"
+
+
+def test_the_sd21_namespace_is_written_once() -> None:
+    files = [
+        path.relative_to(REPO_ROOT).as_posix()
+        for path, doc in _objects_in_sources()
+        if doc["kind"] == "Namespace" and dig(doc, "metadata", "name") == "sd21"
+    ]
+    assert len(files) == 1, f"Namespace sd21 is written in {files}"
