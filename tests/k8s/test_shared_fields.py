@@ -9,13 +9,17 @@ unit and runtime still gets the shared fields).
 
 from __future__ import annotations
 
+import re
+import shutil
+import textwrap
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from k8slib import REPO_ROOT, ObjectSet, dig, find_yaml_files
+from k8slib import REPO_ROOT, CrdVersion, ObjectSet, dig, find_yaml_files, kustomize_build, validate_objects
+from test_crossrefs import effective_pod_spec, parse_predictor_args, pool_for, predictor_args, tolerates
 
 UNITS_DIR = REPO_ROOT / "inferenceservices"
 RUNTIMES_DIR = REPO_ROOT / "servingruntimes"
@@ -240,3 +244,58 @@ def test_the_sd21_namespace_is_written_once() -> None:
         if doc["kind"] == "Namespace" and dig(doc, "metadata", "name") == "sd21"
     ]
     assert len(files) == 1, f"Namespace sd21 is written in {files}"
+
+
+# --------------------------------------------------------------------------------------------
+# docs/deploying.md, "Adding a unit": the recipe's unit file is all a unit needs
+
+GUIDE = REPO_ROOT / "docs" / "deploying.md"
+# What deploy/ builds from (copied, so that the recipe's steps can be applied to the copy).
+MANIFEST_DIRS = ("inferenceservices", "servingruntimes", "nodepools", "deploy", "controller/deploy")
+WEIGHT_SET_FILES = (
+    "inferenceservices/inferencegraph.yaml",
+    "inferenceservices/components/capacity-optimized/weights.yaml",
+)
+
+
+def _recipe_unit_file() -> str:
+    section = GUIDE.read_text().split("\n## Adding a unit\n", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert match, "docs/deploying.md, Adding a unit: no yaml block"
+    return textwrap.dedent(match.group(1))
+
+
+def _edit_yaml(path: Path, edit) -> None:
+    document = yaml.safe_load(path.read_text())
+    edit(document)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def test_the_guides_recipe_adds_a_unit_that_gets_the_shared_fields_and_lands_on_its_pool(
+    kubectl: str, tmp_path: Path, crds: dict[tuple[str, str], CrdVersion]
+) -> None:
+    text = _recipe_unit_file()
+    assert len(text.splitlines()) <= MAX_UNIT_FILE_LINES
+    unit = yaml.safe_load(text)
+    name = unit["metadata"]["name"]
+    for directory in MANIFEST_DIRS:
+        shutil.copytree(REPO_ROOT / directory, tmp_path / directory, ignore=shutil.ignore_patterns("__pycache__"))
+    # Steps 1-3 of the recipe, on the copy.
+    (tmp_path / "inferenceservices" / f"{name}.yaml").write_text(text)
+    _edit_yaml(tmp_path / "inferenceservices" / "kustomization.yaml", lambda k: k["resources"].append(f"{name}.yaml"))
+    step = {"name": name, "serviceName": name, "weight": 0}
+    for weight_set in WEIGHT_SET_FILES:
+        _edit_yaml(tmp_path / weight_set, lambda graph: graph["spec"]["nodes"]["root"]["steps"].append(step))
+
+    objects = ObjectSet(kustomize_build(kubectl, tmp_path / "deploy"))
+    assert validate_objects(objects.objects, crds) == {}
+    built = objects.get("InferenceService", name, "sd21")
+    assert built is not None
+    (component,) = _documents(UNIT_COMPONENT)
+    assert _is_subset({"metadata": {"annotations": component["metadata"]["annotations"]}}, built)
+    assert _is_subset({"spec": component["spec"]}, built)
+    pod_spec = effective_pod_spec(objects, built)
+    pool = pool_for(objects, pod_spec, name)
+    for taint in dig(pool, "spec", "template", "spec", "taints", default=[]):
+        assert any(tolerates(t, taint) for t in pod_spec["tolerations"]), f"{name}: does not tolerate {taint}"
+    assert parse_predictor_args(predictor_args(objects, built)).model_name == name
