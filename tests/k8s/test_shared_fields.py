@@ -1,8 +1,9 @@
-"""What the deployment units and the runtimes share is written once.
+"""What the deployment units, the runtimes and the capacity pools share is written once.
 
-A unit file (inferenceservices/sd21-*.yaml) and a runtime file (servingruntimes/diffusers-*.yaml)
-hold what is specific to them; the kustomize components inferenceservices/components/unit and
-servingruntimes/components/predictor add what they share. These tests read the source files (to
+A unit file (inferenceservices/sd21-*.yaml), a runtime file (servingruntimes/diffusers-*.yaml) and
+a pool file (nodepools/*.yaml) hold what is specific to them; the kustomize components
+inferenceservices/components/unit, servingruntimes/components/predictor and
+nodepools/components/pool add what they share. These tests read the source files (to
 catch a shared field copied back into one of them) and the rendered builds (to check that every
 unit and runtime still gets the shared fields).
 """
@@ -25,6 +26,11 @@ UNITS_DIR = REPO_ROOT / "inferenceservices"
 RUNTIMES_DIR = REPO_ROOT / "servingruntimes"
 UNIT_COMPONENT = UNITS_DIR / "components" / "unit" / "unit.yaml"
 RUNTIME_COMPONENT = RUNTIMES_DIR / "components" / "predictor" / "predictor.yaml"
+POOLS_DIR = REPO_ROOT / "nodepools"
+POOL_COMPONENTS = {
+    "NodePool": POOLS_DIR / "components" / "pool" / "pool.yaml",
+    "EC2NodeClass": POOLS_DIR / "components" / "pool" / "nodeclass.yaml",
+}
 # Every build that renders the units or the runtimes.
 UNIT_BUILDS = ("inferenceservices", "deploy/serving", "deploy", "deploy/capacity-optimized")
 RUNTIME_BUILDS = ("servingruntimes", "deploy/serving", "deploy", "deploy/capacity-optimized")
@@ -59,10 +65,19 @@ def runtime_files() -> dict[Path, dict[str, Any]]:
     return _sources(RUNTIMES_DIR, "ClusterServingRuntime")
 
 
+def nodepool_files() -> dict[Path, dict[str, Any]]:
+    return _sources(POOLS_DIR, "NodePool")
+
+
+def nodeclass_files() -> dict[Path, dict[str, Any]]:
+    return _sources(POOLS_DIR, "EC2NodeClass")
+
+
 def leaves(node: Any, path: str = "") -> set[tuple[str, str]]:
-    """(path, value) of every scalar. List items are addressed by their `name` (or a toleration's
-    `key`) where they have one and lists of scalars by membership, so a shared entry is found
-    whatever its position."""
+    """(path, value) of every scalar, so a shared entry is found whatever its position in a list:
+    a list item with a `name` (container, env variable, volume) is addressed by it and looked
+    into; any other list item (a toleration, a node requirement, a disk) counts as one value; a
+    list of scalars by membership."""
     if isinstance(node, dict):
         found: set[tuple[str, str]] = set()
         for key, value in node.items():
@@ -71,8 +86,10 @@ def leaves(node: Any, path: str = "") -> set[tuple[str, str]]:
     if isinstance(node, list):
         found = set()
         for index, item in enumerate(node):
-            if isinstance(item, dict):
-                found |= leaves(item, f"{path}[{item.get('name', item.get('key', index))}]")
+            if isinstance(item, dict) and "name" in item:
+                found |= leaves(item, f"{path}[{item['name']}]")
+            elif isinstance(item, dict):
+                found.add((f"{path}[{item.get('key', index)}]", repr(sorted(item.items()))))
             else:
                 found.add((f"{path}[]", repr(item)))
         return found
@@ -106,20 +123,36 @@ def test_runtime_files_hold_what_is_specific_to_their_accelerator() -> None:
         assert lines <= MAX_RUNTIME_FILE_LINES, f"{path.name}: {lines} lines; shared parts go to components/predictor"
 
 
-@pytest.mark.parametrize("files", [unit_files, runtime_files], ids=["units", "runtimes"])
+@pytest.mark.parametrize(
+    "files",
+    [unit_files, runtime_files, nodepool_files, nodeclass_files],
+    ids=["units", "runtimes", "nodepools", "ec2nodeclasses"],
+)
 def test_no_field_is_written_identically_in_every_file(files) -> None:
-    """A field with the same value in every unit (runtime) belongs in the shared component."""
+    """A field with the same value in every unit (runtime, pool) belongs in the shared component."""
     assert _written_in_every(files()) == set()
 
 
-def test_no_unit_file_sets_a_field_of_the_shared_unit_component() -> None:
-    """The component's patch would silently win over a unit's own value."""
-    (component,) = _documents(UNIT_COMPONENT)
-    shared_paths = {path for path, _ in leaves(component) if not path.startswith(".metadata.name")}
-    shared_paths -= {".apiVersion", ".kind"}
-    for path, doc in unit_files().items():
+def _patched_paths(component_file: Path) -> set[str]:
+    (component,) = _documents(component_file)
+    return {path for path, _ in leaves(component) if path not in (".apiVersion", ".kind", ".metadata.name")}
+
+
+@pytest.mark.parametrize(
+    ("component_file", "files"),
+    [
+        (UNIT_COMPONENT, unit_files),
+        (POOL_COMPONENTS["NodePool"], nodepool_files),
+        (POOL_COMPONENTS["EC2NodeClass"], nodeclass_files),
+    ],
+    ids=["units", "nodepools", "ec2nodeclasses"],
+)
+def test_no_file_sets_a_field_of_its_strategic_merge_component(component_file: Path, files) -> None:
+    """The component's patch would silently win over the file's own value."""
+    shared_paths = _patched_paths(component_file)
+    for path, doc in files().items():
         overlap = {p for p, _ in leaves(doc)} & shared_paths
-        assert overlap == set(), f"{path.name} sets {sorted(overlap)}, which components/unit sets for every unit"
+        assert overlap == set(), f"{path.name} sets {sorted(overlap)}, which {component_file.parent.name} sets"
 
 
 def _json_pointer_get(doc: Any, pointer: str) -> Any:
@@ -200,6 +233,20 @@ def test_every_rendered_runtime_carries_the_shared_runtime_parts(builds: dict[st
         args = dig(runtime, "spec", "containers", 0, "args")
         flags = [arg.split("=", 1)[0] for arg in args]
         assert len(flags) == len(set(flags)), f"{name}: a flag given twice: {args}"
+
+
+@pytest.mark.parametrize("kind", sorted(POOL_COMPONENTS))
+def test_every_rendered_pool_and_node_class_carries_the_shared_pool_fields(builds: dict[str, Any], kind: str) -> None:
+    """On the nodepools/ base (deploy/settings then replaces CLUSTER_NAME)."""
+    (component,) = _documents(POOL_COMPONENTS[kind])
+    rendered = _build(builds, "nodepools").of_kind(kind)
+    sources = nodepool_files() if kind == "NodePool" else nodeclass_files()
+    assert {o["metadata"]["name"] for o in rendered} == {doc["metadata"]["name"] for doc in sources.values()}
+    for obj in rendered:
+        assert _is_subset({"spec": component["spec"]}, obj), f"{obj['metadata']['name']} lacks components/pool"
+        if kind == "NodePool":
+            requirements = dig(obj, "spec", "template", "spec", "requirements")
+            assert {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]} in requirements
 
 
 def test_units_leave_the_device_tolerations_to_their_runtime(deploy: ObjectSet) -> None:
