@@ -164,6 +164,31 @@ def quantity(value: Any) -> float:
     return float(text)
 
 
+# The pod-level scheduling fields a ServingRuntime may carry (v1alpha1.ServingRuntimePodSpec).
+RUNTIME_SCHEDULING_FIELDS = ("nodeSelector", "tolerations", "affinity")
+
+
+def effective_pod_spec(objects: ObjectSet, isvc: dict[str, Any]) -> dict[str, Any]:
+    """The scheduling fields of the predictor's pod: the runtime's with the InferenceService's over them.
+
+    KServe's MergePodSpec (pkg/controller/v1beta1/inferenceservice/utils/utils.go, v0.16.0 to
+    master) strategic-merges the InferenceService's PodSpec over the runtime's nodeSelector,
+    affinity and tolerations with corev1.PodSpec's patch metadata: nodeSelector merges key by
+    key; tolerations have no merge key, so an InferenceService that sets any replaces the
+    runtime's; affinity is merged as a struct (here: the InferenceService's, when set, wins).
+    """
+    runtime_spec = runtime_of(objects, isvc)["spec"]
+    predictor = isvc["spec"]["predictor"]
+    merged: dict[str, Any] = {
+        "nodeSelector": {**runtime_spec.get("nodeSelector", {}), **predictor.get("nodeSelector", {})},
+        "tolerations": predictor.get("tolerations") or runtime_spec.get("tolerations", []),
+    }
+    affinity = predictor.get("affinity") or runtime_spec.get("affinity")
+    if affinity:
+        merged["affinity"] = affinity
+    return merged
+
+
 def effective_resources(objects: ObjectSet, isvc: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Runtime container resources with the ISVC's merged over them (strategic merge of maps)."""
     runtime_res = kserve_container(runtime_of(objects, isvc)).get("resources", {})
@@ -292,8 +317,9 @@ def test_inferenceservice_pod_fields_are_enabled_in_knatives_config_features(dep
     flags = {"nodeSelector": "kubernetes.podspec-nodeselector", "tolerations": "kubernetes.podspec-tolerations"}
     flags |= {"affinity": "kubernetes.podspec-affinity"}
     for isvc in isvcs(deploy):
+        pod_spec = effective_pod_spec(deploy, isvc)  # the runtime's fields reach the pod too
         for pod_field, flag in flags.items():
-            if isvc["spec"]["predictor"].get(pod_field):
+            if pod_spec.get(pod_field):
                 assert features.get(flag) == "enabled", f"{isvc['metadata']['name']} uses {pod_field}: enable {flag}"
 
 
@@ -344,10 +370,10 @@ def test_serving_containers_are_non_root_and_hardened(deploy: ObjectSet, neuron_
 def test_every_inferenceservice_lands_on_exactly_one_nodepool_whose_taints_it_tolerates(deploy: ObjectSet) -> None:
     for isvc in isvcs(deploy):
         name = isvc["metadata"]["name"]
-        predictor = isvc["spec"]["predictor"]
-        pool = pool_for(deploy, predictor, name)
+        pod_spec = effective_pod_spec(deploy, isvc)
+        pool = pool_for(deploy, pod_spec, name)
         taints = dig(pool, "spec", "template", "spec", "taints", default=[])
-        tolerations = predictor.get("tolerations", [])
+        tolerations = pod_spec["tolerations"]
         for taint in taints:
             assert any(tolerates(t, taint) for t in tolerations), f"{name}: does not tolerate {taint}"
         for toleration in tolerations:
@@ -359,7 +385,7 @@ def test_every_inferenceservice_lands_on_exactly_one_nodepool_whose_taints_it_to
 def test_every_unit_runs_on_the_pool_the_seed_measured_it_on(deploy: ObjectSet) -> None:
     for isvc in isvcs(deploy):
         name = isvc["metadata"]["name"]
-        pool = pool_for(deploy, isvc["spec"]["predictor"], name)
+        pool = pool_for(deploy, effective_pod_spec(deploy, isvc), name)
         expected = SEED[name]["pool"] if name in SEED else "cpu"
         assert pool_labels(pool)[POOL_LABEL] == {expected}
 
@@ -367,7 +393,7 @@ def test_every_unit_runs_on_the_pool_the_seed_measured_it_on(deploy: ObjectSet) 
 def test_accelerator_pods_land_on_pools_of_that_accelerator(deploy: ObjectSet) -> None:
     for isvc in isvcs(deploy):
         accelerator = accelerator_of(runtime_of(deploy, isvc))
-        pool = pool_for(deploy, isvc["spec"]["predictor"], isvc["metadata"]["name"])
+        pool = pool_for(deploy, effective_pod_spec(deploy, isvc), isvc["metadata"]["name"])
         families = family_of(pool)
         assert {FAMILY_ACCELERATOR.get(f, "cpu") for f in families} == {accelerator}, (
             f"{isvc['metadata']['name']}: {accelerator} runtime on {families}"
@@ -385,7 +411,7 @@ def test_nodepools_reference_existing_ec2nodeclasses(deploy: ObjectSet) -> None:
 def test_nodepool_limits_admit_every_units_max_replicas(deploy: ObjectSet, neuron_compile: ObjectSet) -> None:
     demand: dict[str, dict[str, float]] = {}
     for isvc in isvcs(deploy):
-        pool = pool_for(deploy, isvc["spec"]["predictor"], isvc["metadata"]["name"])["metadata"]["name"]
+        pool = pool_for(deploy, effective_pod_spec(deploy, isvc), isvc["metadata"]["name"])["metadata"]["name"]
         replicas = isvc["spec"]["predictor"]["maxReplicas"]
         for resource, amount in effective_resources(deploy, isvc)["requests"].items():
             if resource in ("cpu", *ACCELERATOR_RESOURCES.values()):

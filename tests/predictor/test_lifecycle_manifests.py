@@ -10,27 +10,37 @@ quiet period, ``network.DefaultDrainTimeout`` = 45 s.
 
 from __future__ import annotations
 
-from pathlib import Path
+import functools
 
 import pytest
-import yaml
 
 from predictor.lifecycle import FLUSH_GRACE_S
+from tests.k8s.k8slib import REPO_ROOT, find_kubectl, kustomize_build
 
-REPO = Path(__file__).resolve().parents[2]
 KNATIVE_QUEUE_PROXY_DRAIN_S = 45
 KNATIVE_DEFAULT_TIMEOUT_S = 300  # config-defaults revision-timeout-seconds
 
 
-def _documents(directory: str, kind: str) -> list[dict]:
-    found = []
-    for path in sorted((REPO / directory).glob("*.yaml")):
-        found += [doc for doc in yaml.safe_load_all(path.read_text()) if doc and doc.get("kind") == kind]
-    return found
+@functools.cache
+def _documents(directory: str, kind: str) -> tuple[dict, ...]:
+    """The objects as applied: `kubectl kustomize`, which adds the shared parts from components/."""
+    kubectl = find_kubectl()
+    if kubectl is None:
+        pytest.fail("kubectl not found (needed for `kubectl kustomize`): run .ci/install-kubectl.sh", pytrace=False)
+    return tuple(doc for doc in kustomize_build(kubectl, REPO_ROOT / directory) if doc.get("kind") == kind)
 
 
-RUNTIMES = {doc["metadata"]["name"]: doc for doc in _documents("servingruntimes", "ClusterServingRuntime")}
-SERVICES = _documents("inferenceservices", "InferenceService")
+def _runtimes() -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for doc in _documents("servingruntimes", "ClusterServingRuntime")}
+
+
+RUNTIME_NAMES = ("diffusers-cpu", "diffusers-neuron", "diffusers-nvidia")
+SERVICE_NAMES = ("sd21-inf2", "sd21-trn1", "sd21-g5-triton", "sd21-g6-triton", "sd21-g5-cuda", "sd21-cpu")
+
+
+def test_the_parametrized_names_are_every_runtime_and_service():
+    assert set(_runtimes()) == set(RUNTIME_NAMES)
+    assert {s["metadata"]["name"] for s in _documents("inferenceservices", "InferenceService")} == set(SERVICE_NAMES)
 
 
 def _container(runtime: dict) -> dict:
@@ -45,9 +55,9 @@ def _flag(container: dict, name: str) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("name", sorted(RUNTIMES))
+@pytest.mark.parametrize("name", RUNTIME_NAMES)
 def test_each_runtime_sets_the_drain_and_points_its_probes_at_what_reflects_the_lifecycle(name):
-    container = _container(RUNTIMES[name])
+    container = _container(_runtimes()[name])
     assert float(_flag(container, "drain_timeout_s")) > 0
     assert _flag(container, "enable_repository_api") == "false"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"  # fails when the device is unhealthy
@@ -55,10 +65,11 @@ def test_each_runtime_sets_the_drain_and_points_its_probes_at_what_reflects_the_
     assert "lifecycle" not in container, "Knative sets the preStop of the serving container itself"
 
 
-@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s["metadata"]["name"])
-def test_each_inference_service_gives_its_pods_a_grace_period_that_covers_the_drain(service):
+@pytest.mark.parametrize("name", SERVICE_NAMES)
+def test_each_inference_service_gives_its_pods_a_grace_period_that_covers_the_drain(name):
+    (service,) = [s for s in _documents("inferenceservices", "InferenceService") if s["metadata"]["name"] == name]
     predictor = service["spec"]["predictor"]
-    container = _container(RUNTIMES[predictor["model"]["runtime"]])
+    container = _container(_runtimes()[predictor["model"]["runtime"]])
     drain = float(_flag(container, "drain_timeout_s"))
     mode = service["metadata"].get("annotations", {}).get("serving.kserve.io/deploymentMode", "Knative")
     if mode == "Knative":
