@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -109,6 +109,21 @@ class Router(Protocol):
     ) -> RouterView: ...
 
 
+def _view(
+    obj: dict, index: Mapping[str, int], others: Mapping[str, int], weight: Callable[[int], int]
+) -> RouterView:
+    """The view of a router object: ``weight(i)`` reads the weight of its i-th backend."""
+    meta = obj.get("metadata") or {}
+    return RouterView(
+        weights={n: weight(i) for n, i in index.items()},
+        annotations=dict(meta.get("annotations") or {}),
+        resource_version=meta.get("resourceVersion", ""),
+        ref=_ref(obj),
+        obj=obj,
+        others={k: weight(i) for k, i in others.items()},
+    )
+
+
 def _ref(obj: dict) -> dict:
     meta = obj.get("metadata") or {}
     return {
@@ -163,16 +178,7 @@ class InferenceGraphRouter:
             [s.get("serviceName") or s.get("name") for s in steps],
             f"InferenceGraph {r.name} spec.nodes.root.steps",
         )
-        weights = {n: int(steps[i].get("weight") or 0) for n, i in index.items()}
-        meta = obj.get("metadata") or {}
-        return RouterView(
-            weights=weights,
-            annotations=dict(meta.get("annotations") or {}),
-            resource_version=meta.get("resourceVersion", ""),
-            ref=_ref(obj),
-            obj=obj,
-            others={k: int(steps[i].get("weight") or 0) for k, i in others.items()},
-        )
+        return _view(obj, index, others, lambda i: int(steps[i].get("weight") or 0))
 
     def write(
         self, view: RouterView, weights: Mapping[str, int] | None, annotations: Mapping[str, str | None]
@@ -225,16 +231,7 @@ class AlbIngressRouter:
         _, groups = self._groups(obj)
         units = [self.service_to_unit.get(g.get("serviceName"), g.get("serviceName")) for g in groups]
         index, others = _match(self.names, units, f"Ingress {r.name} {self.key} targetGroups")
-        weights = {n: int(groups[i].get("weight") or 0) for n, i in index.items()}
-        meta = obj.get("metadata") or {}
-        return RouterView(
-            weights=weights,
-            annotations=dict(meta.get("annotations") or {}),
-            resource_version=meta.get("resourceVersion", ""),
-            ref=_ref(obj),
-            obj=obj,
-            others={k: int(groups[i].get("weight") or 0) for k, i in others.items()},
-        )
+        return _view(obj, index, others, lambda i: int(groups[i].get("weight") or 0))
 
     def write(
         self, view: RouterView, weights: Mapping[str, int] | None, annotations: Mapping[str, str | None]
@@ -292,18 +289,8 @@ class HttpRouteRouter:
         keys = [self._unit(b) or b.get("name") for b in refs]
         index, others = _match(self.names, keys, f"HTTPRoute {r.name} backendRefs")
 
-        def weight(i: int) -> int:
-            return int(refs[i].get("weight", 1))  # Gateway API's default weight is 1
-
-        meta = obj.get("metadata") or {}
-        return RouterView(
-            weights={n: weight(i) for n, i in index.items()},
-            annotations=dict(meta.get("annotations") or {}),
-            resource_version=meta.get("resourceVersion", ""),
-            ref=_ref(obj),
-            obj=obj,
-            others={k: weight(i) for k, i in others.items()},
-        )
+        # Gateway API's default weight is 1
+        return _view(obj, index, others, lambda i: int(refs[i].get("weight", 1)))
 
     def write(
         self, view: RouterView, weights: Mapping[str, int] | None, annotations: Mapping[str, str | None]
