@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Sequence
 
 from controller.config import ControllerConfig
 from controller.policy.model import COST, PolicyState, Signals
@@ -111,3 +113,43 @@ def estimate_demand(config: ControllerConfig, state: PolicyState, signals: Signa
         total += s.desired_replicas * u.max_throughput
     return total, True
 
+
+
+# Fewest samples a slope is fitted on: with three, one spike is outvoted by the other two.
+MIN_SLOPE_SAMPLES = 3
+
+
+def demand_slope(history: Sequence[tuple[float, float]]) -> float:
+    """The demand's trend in rate units per second: the Theil-Sen estimate (median of the slopes
+    between every pair of samples), 0 with fewer than :data:`MIN_SLOPE_SAMPLES` samples.
+
+    Robust where a least-squares fit is not: one spike among n samples changes n - 1 of the
+    n (n - 1) / 2 pairwise slopes, too few to move their median, and once it leaves the window it
+    is forgotten. A step (a burst) moves it only once about 40 % of the window is past the step.
+    """
+    if len(history) < MIN_SLOPE_SAMPLES:
+        return 0.0
+    slopes = [(d2 - d1) / (t2 - t1) for i, (t1, d1) in enumerate(history) for t2, d2 in history[i + 1:] if t2 > t1]
+    return statistics.median(slopes) if slopes else 0.0
+
+
+def demand_ahead(config: ControllerConfig, demand: float, history: Sequence[tuple[float, float]]) -> float:
+    """Demand to size replicas for: the demand now plus its rising slope over ``prewarm.slope_horizon``
+    start-ups (the longest ``startup_s``: replicas started now are ready then), the rise capped at
+    ``prewarm.slope_cap`` x the demand now. A flat or falling demand gives the demand now."""
+    prewarm = config.prewarm
+    if prewarm.slope_horizon <= 0:
+        return demand
+    horizon = prewarm.slope_horizon * max(u.startup_s for u in config.units)
+    rise = max(0.0, demand_slope(history)) * horizon
+    return demand + min(rise, prewarm.slope_cap * demand)
+
+
+def recorded_history(
+    config: ControllerConfig, state: PolicyState, now: float, measured: float | None
+) -> tuple[tuple[float, float], ...]:
+    """``state.demand_history`` within ``prewarm.slope_window_s`` of ``now``, plus ``(now, measured)``
+    when the demand was measured. Samples from the future (a clock that went back) are dropped."""
+    window = config.prewarm.slope_window_s
+    kept = tuple((t, d) for t, d in state.demand_history if now - window <= t < now)
+    return kept + ((now, float(measured)),) if measured is not None else kept
