@@ -119,18 +119,31 @@ def estimate_demand(config: ControllerConfig, state: PolicyState, signals: Signa
 MIN_SLOPE_SAMPLES = 3
 
 
-def demand_slope(history: Sequence[tuple[float, float]]) -> float:
-    """The demand's trend in rate units per second: the Theil-Sen estimate (median of the slopes
-    between every pair of samples), 0 with fewer than :data:`MIN_SLOPE_SAMPLES` samples.
-
-    Robust where a least-squares fit is not: one spike among n samples changes n - 1 of the
-    n (n - 1) / 2 pairwise slopes, too few to move their median, and once it leaves the window it
-    is forgotten. A step (a burst) moves it only once about 40 % of the window is past the step.
-    """
-    if len(history) < MIN_SLOPE_SAMPLES:
+def theil_sen_slope(samples: Sequence[tuple[float, float]]) -> float:
+    """The median of the slopes between every pair of (time, value) samples; 0 with fewer than
+    :data:`MIN_SLOPE_SAMPLES`. One outlier among n samples changes only n - 1 of the n (n - 1) / 2
+    pairwise slopes, too few to move their median (a least-squares fit follows it)."""
+    if len(samples) < MIN_SLOPE_SAMPLES:
         return 0.0
-    slopes = [(d2 - d1) / (t2 - t1) for i, (t1, d1) in enumerate(history) for t2, d2 in history[i + 1:] if t2 > t1]
+    slopes = [(d2 - d1) / (t2 - t1) for i, (t1, d1) in enumerate(samples) for t2, d2 in samples[i + 1:] if t2 > t1]
     return statistics.median(slopes) if slopes else 0.0
+
+
+def demand_slope(history: Sequence[tuple[float, float]]) -> float:
+    """The demand's sustained trend in rate units per second: the lesser of the Theil-Sen slopes
+    of the older and the newer half of ``history`` (0 while either half has too few samples).
+
+    A trend is what both halves show. A step (a burst, a spike) shows in at most one half at a
+    time - the newer while it is recent, the older once it has aged - with the other half flat,
+    so it is never extrapolated; a ramp shows in both. Within a half, Theil-Sen ignores a single
+    outlier. Samples older than the window are gone, so nothing is extrapolated forever.
+    """
+    if len(history) < 2 * MIN_SLOPE_SAMPLES:
+        return 0.0
+    middle = (history[0][0] + history[-1][0]) / 2
+    older = [s for s in history if s[0] <= middle]
+    newer = [s for s in history if s[0] >= middle]
+    return min(theil_sen_slope(older), theil_sen_slope(newer))
 
 
 def demand_ahead(config: ControllerConfig, demand: float, history: Sequence[tuple[float, float]]) -> float:

@@ -174,10 +174,14 @@ def decide_merit_order(
         # Sized for the demand one start-up ahead only when it is measured: the cluster estimate
         # follows the floors, and extrapolating it would ratchet them up.
         expected = demand_ahead(config, demand, history) if untrusted is None else demand
-        ahead = plan if expected <= demand else allocate(config.units, expected, ready, obtainable,
-                                                        routing.target_utilisation, routing.max_utilisation)
-        if expected > demand + 0.05:
-            why += f"; sized for {fmt(expected)} {config.rate_unit} one start-up ahead (demand rising)"
+        # Replicas started now are ready when that demand is there; they need to carry it only at
+        # max_utilisation (the autoscaler adds more once it sees it). So a rise within the headroom
+        # between the target and max_utilisation (noise, a slow ramp) pre-warms nothing.
+        sized = expected * routing.target_utilisation / routing.max_utilisation
+        ahead = plan if sized <= demand else allocate(config.units, sized, ready, obtainable,
+                                                      routing.target_utilisation, routing.max_utilisation)
+        if sized > demand:
+            why += f"; replicas for {fmt(expected)} {config.rate_unit} one start-up ahead (demand rising)"
         floors = _floors(config, state, us, mode, plan, ahead, demand, obtainable, now)
     new_state = PolicyState(mode=mode, since=now if switched else state.since, cost_headroom_since=headroom_since,
                             weights=dict(weights), floors=floors, planned=dict(plan.planned_rps), decided_at=now,

@@ -1,8 +1,9 @@
 """Pre-warm sized by start-up delay x demand slope (prewarm.slope_horizon), as a specification.
 
-The slope is fitted on the measured demand of the last ``prewarm.slope_window_s`` (Theil-Sen:
-the median of the pairwise slopes), extrapolated over the start-up of the slowest unit, capped at
-``prewarm.slope_cap`` x the demand now, and never negative. Pure: times are explicit.
+The slope is fitted on the measured demand of the last ``prewarm.slope_window_s`` (Theil-Sen, the
+median of the pairwise slopes, on each half; the lesser counts), extrapolated over
+``prewarm.slope_horizon`` start-ups of the slowest unit, capped at ``prewarm.slope_cap`` x the
+demand now, and never negative. Pure: times are explicit.
 """
 
 import random
@@ -50,6 +51,12 @@ def test_a_single_spike_is_not_extrapolated():
     # Even while the spike is the latest sample, the others outvote it.
     assert demand_slope(samples([400.0] * 20 + [1200.0])) == 0.0
     assert demand_ahead(slope_config(), 1200.0, samples([400.0] * 20 + [1200.0])) == 1200.0
+
+
+def test_a_burst_is_not_a_trend_at_any_point_of_the_window():
+    """A step up shows in one half of the window at a time, the other half flat: no slope."""
+    for high in range(1, 21):
+        assert demand_slope(samples([400.0] * (21 - high) + [1600.0] * high)) == 0.0
 
 
 def test_falling_demand_pre_warms_nothing():
