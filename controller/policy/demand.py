@@ -114,8 +114,7 @@ def estimate_demand(config: ControllerConfig, state: PolicyState, signals: Signa
     return total, True
 
 
-
-# Fewest samples a slope is fitted on: with three, one spike is outvoted by the other two.
+# Fewest samples a slope is fitted on (per half in demand_slope): with three, one spike is outvoted.
 MIN_SLOPE_SAMPLES = 3
 
 
