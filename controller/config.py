@@ -203,6 +203,15 @@ class Prewarm(Section):
                                       "been short and has not yet held everything it asked for for fallback_hold_s), "
                                       "capacity units' floors do not come down: the spare capacity for a cost pool "
                                       "whose capacity comes and goes (flapping)")
+    slope_horizon: Number = Field(1.5, ge=0, le=4, description="merit-order: replica floors are sized for the "
+                                  "demand expected this many start-ups ahead (x the longest units[].startup_s), "
+                                  "extrapolating the measured demand's sustained slope (demand.demand_slope), "
+                                  "carried at max_utilisation: a rise within the autoscaler's headroom, a burst "
+                                  "or a falling demand pre-warms nothing. 0: off (floors follow the demand now)")
+    slope_window_s: Number = Field(600, ge=60, le=3600, description="merit-order: measured demand of this long "
+                                   "is fitted for the slope (Theil-Sen on each half; a trend must show in both)")
+    slope_cap: Number = Field(1.0, ge=0, le=4, description="merit-order: the extrapolated rise is at most this "
+                              "share of the demand now")
 
 
 class Lease(Section):

@@ -6,7 +6,8 @@ So everything :func:`controller.policy.decide` carries from one decision to the 
 to a ConfigMap next to the router (``state.json``) and read back on the first reconcile as
 leader: the mode and since when, the headroom clock, the proportional pre-warm hold, the
 merit-order floors with their hold timers, the last plan (the base of the demand estimate when
-Prometheus is down), and the weights and floors that were applied.
+Prometheus is down), the recent measured demand (the base of the slope that pre-warm extrapolates,
+``prewarm.slope_horizon``), and the weights and floors that were applied.
 
 Why a ConfigMap and not the router's annotations: KServe copies an InferenceGraph's annotations
 into the router's Knative revision template (``createKnativeService(graph.ObjectMeta, ...)`` in
@@ -15,8 +16,9 @@ revision. A ConfigMap write has no side effect.
 
 Hold timers are stored as transitions (``math.inf`` while a floor is still wanted; see
 :class:`controller.policy.PolicyState`), so the ConfigMap is only written when something a
-restart would need changes, not on every decision. The plan and the decision time change every
-decision and are written along with the next real change only.
+restart would need changes, not on every decision. The plan, the decision time and the demand
+history change every decision and are written along with the next real change only (samples older
+than ``prewarm.slope_window_s`` are dropped by the first decision after a restart).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 KEY = "state.json"
 VERSION = 1
 # Written with the next real change only: they move on every decision.
-VOLATILE = ("planned", "decided_at", "saved_at")
+VOLATILE = ("planned", "decided_at", "saved_at", "demand_history")
 
 
 def encode_time(value: float | None) -> float | str | None:
@@ -70,6 +72,7 @@ def encode_state(state: PolicyState, applied_floors: Mapping[str, int] | None = 
         "applied_floors": {k: int(v) for k, v in sorted((applied_floors or {}).items())},
         "planned": {k: round(float(v), 3) for k, v in sorted(state.planned.items())},
         "decided_at": encode_time(state.decided_at),
+        "demand_history": [[round(float(t), 3), round(float(d), 3)] for t, d in state.demand_history],
     }
 
 
@@ -113,7 +116,19 @@ def decode_state(
         planned={k: float(v) for k, v in (record.get("planned") or {}).items()
                  if k in names and decode_time(v) is not None},
         decided_at=min(last, now),
+        demand_history=_decode_history(record.get("demand_history"), now),
     )
+
+
+def _decode_history(value: Any, now: float) -> tuple[tuple[float, float], ...]:
+    """(time, demand) samples, oldest first, none from after ``now``; malformed entries are skipped."""
+    samples = []
+    for item in value if isinstance(value, list) else []:
+        if isinstance(item, list) and len(item) == 2:
+            t, d = decode_time(item[0]), decode_time(item[1])
+            if t is not None and d is not None and d >= 0 and t <= now:
+                samples.append((t, d))
+    return tuple(sorted(samples))
 
 
 class ConfigMapStateStore:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Sequence
 
 from controller.config import ControllerConfig
 from controller.policy.model import COST, PolicyState, Signals
@@ -111,3 +113,55 @@ def estimate_demand(config: ControllerConfig, state: PolicyState, signals: Signa
         total += s.desired_replicas * u.max_throughput
     return total, True
 
+
+# Fewest samples a slope is fitted on (per half in demand_slope): with three, one spike is outvoted.
+MIN_SLOPE_SAMPLES = 3
+
+
+def theil_sen_slope(samples: Sequence[tuple[float, float]]) -> float:
+    """The median of the slopes between every pair of (time, value) samples; 0 with fewer than
+    :data:`MIN_SLOPE_SAMPLES`. One outlier among n samples changes only n - 1 of the n (n - 1) / 2
+    pairwise slopes, too few to move their median (a least-squares fit follows it)."""
+    if len(samples) < MIN_SLOPE_SAMPLES:
+        return 0.0
+    slopes = [(d2 - d1) / (t2 - t1) for i, (t1, d1) in enumerate(samples) for t2, d2 in samples[i + 1:] if t2 > t1]
+    return statistics.median(slopes) if slopes else 0.0
+
+
+def demand_slope(history: Sequence[tuple[float, float]]) -> float:
+    """The demand's sustained trend in rate units per second: the lesser of the Theil-Sen slopes
+    of the older and the newer half of ``history`` (0 while either half has too few samples).
+
+    A trend is what both halves show. A step (a burst, a spike) shows in at most one half at a
+    time - the newer while it is recent, the older once it has aged - with the other half flat,
+    so it is never extrapolated; a ramp shows in both. Within a half, Theil-Sen ignores a single
+    outlier. Samples older than the window are gone, so nothing is extrapolated forever.
+    """
+    if len(history) < 2 * MIN_SLOPE_SAMPLES:
+        return 0.0
+    middle = (history[0][0] + history[-1][0]) / 2
+    older = [s for s in history if s[0] <= middle]
+    newer = [s for s in history if s[0] >= middle]
+    return min(theil_sen_slope(older), theil_sen_slope(newer))
+
+
+def demand_ahead(config: ControllerConfig, demand: float, history: Sequence[tuple[float, float]]) -> float:
+    """Demand to size replicas for: the demand now plus its rising slope over ``prewarm.slope_horizon``
+    start-ups (the longest ``startup_s``: replicas started now are ready then), the rise capped at
+    ``prewarm.slope_cap`` x the demand now. A flat or falling demand gives the demand now."""
+    prewarm = config.prewarm
+    if prewarm.slope_horizon <= 0:
+        return demand
+    horizon = prewarm.slope_horizon * max(u.startup_s for u in config.units)
+    rise = max(0.0, demand_slope(history)) * horizon
+    return demand + min(rise, prewarm.slope_cap * demand)
+
+
+def recorded_history(
+    config: ControllerConfig, state: PolicyState, now: float, measured: float | None
+) -> tuple[tuple[float, float], ...]:
+    """``state.demand_history`` within ``prewarm.slope_window_s`` of ``now``, plus ``(now, measured)``
+    when the demand was measured. Samples from the future (a clock that went back) are dropped."""
+    window = config.prewarm.slope_window_s
+    kept = tuple((t, d) for t, d in state.demand_history if now - window <= t < now)
+    return kept + ((now, float(measured)),) if measured is not None else kept

@@ -17,7 +17,13 @@ from collections.abc import Mapping
 
 from controller.allocation import Allocation, allocate, urgent_bridge
 from controller.config import ControllerConfig
-from controller.policy.demand import autoscaler_demand_floor, cluster_demand_estimate, measured_demand
+from controller.policy.demand import (
+    autoscaler_demand_floor,
+    cluster_demand_estimate,
+    demand_ahead,
+    measured_demand,
+    recorded_history,
+)
 from controller.policy.model import (
     CAPACITY,
     COST,
@@ -104,25 +110,27 @@ def _floors(
     us: Mapping[str, UnitSignals],
     mode: Mode,
     plan: Allocation,
+    ahead: Allocation,
     demand: float,
     obtainable: Mapping[str, float],
     now: float,
 ) -> dict[str, tuple[int, float]]:
-    """Each unit's next (floor, held until): its plan, the capacity probe, the urgent bridge."""
+    """Each unit's next (floor, held until): its plan, the plan for the demand one start-up ahead
+    (``ahead``, prewarm.slope_horizon; the plan itself when off), the capacity probe, the urgent bridge."""
     routing = config.routing
     cost_units = config.cost_units
     ready = {u.name: us[u.name].ready_replicas for u in config.units}
-    want = dict(plan.replicas)
+    want = {u.name: max(plan.replicas[u.name], ahead.replicas[u.name]) for u in config.units}
     if mode == CAPACITY:  # the probe: what the cost pool would run if it could grow
         growable = {u.name: float(u.max_replicas) for u in cost_units}
-        probe = allocate(config.units, demand, ready, {**obtainable, **growable},
+        probe = allocate(config.units, ahead.demand_rps, ready, {**obtainable, **growable},
                          routing.target_utilisation, routing.max_utilisation)
         for u in cost_units:
             want[u.name] = max(want[u.name], probe.replicas[u.name])
     else:  # the autoscaler sizes a cost pool that can grow, unless it must grow faster than its traffic
         for u in cost_units:
-            urgent = plan.planned_rps[u.name] > plan.routed_rps[u.name] + 0.5 * u.max_throughput
-            want[u.name] = plan.replicas[u.name] if urgent else u.min_replicas
+            urgent = ahead.planned_rps[u.name] > plan.routed_rps[u.name] + 0.5 * u.max_throughput
+            want[u.name] = want[u.name] if urgent else u.min_replicas
     lasting = {u.name: lasting_ready(us[u.name]) for u in config.units}
     for name, n in urgent_bridge(config.units, demand, lasting, obtainable, plan.replicas, routing.drop_cost_usd,
                                  config.prewarm.hold_s, routing.target_utilisation,
@@ -142,6 +150,7 @@ def decide_merit_order(
     """One decision of the ``merit-order`` strategy on fresh, complete signals."""
     routing = config.routing
     demand, untrusted = _demand(config, state, signals)
+    history = recorded_history(config, state, now, demand if untrusted is None else None)
     us = signals.units
     mode, switched, why, headroom_since = _next_mode(config, state, us, now)
     # Interrupted replicas still serve until their node goes (the router may use them), but the
@@ -160,9 +169,23 @@ def decide_merit_order(
     if current and not switched and not _must_reroute(config, current, plan.weights, ready, demand):
         weights = current
         why += " (weights kept: within routing.min_weight_change)"
-    floors = _floors(config, state, us, mode, plan, demand, obtainable, now) if config.prewarm.enabled else {}
+    floors: dict[str, tuple[int, float]] = {}
+    if config.prewarm.enabled:
+        # Sized for the demand one start-up ahead only when it is measured: the cluster estimate
+        # follows the floors, and extrapolating it would ratchet them up.
+        expected = demand_ahead(config, demand, history) if untrusted is None else demand
+        # Replicas started now are ready when that demand is there; they need to carry it only at
+        # max_utilisation (the autoscaler adds more once it sees it). So a rise within the headroom
+        # between the target and max_utilisation (noise, a slow ramp) pre-warms nothing.
+        sized = expected * routing.target_utilisation / routing.max_utilisation
+        ahead = plan if sized <= demand else allocate(config.units, sized, ready, obtainable,
+                                                      routing.target_utilisation, routing.max_utilisation)
+        if sized > demand:
+            why += f"; replicas for {fmt(expected)} {config.rate_unit} one start-up ahead (demand rising)"
+        floors = _floors(config, state, us, mode, plan, ahead, demand, obtainable, now)
     new_state = PolicyState(mode=mode, since=now if switched else state.since, cost_headroom_since=headroom_since,
-                            weights=dict(weights), floors=floors, planned=dict(plan.planned_rps), decided_at=now)
+                            weights=dict(weights), floors=floors, planned=dict(plan.planned_rps), decided_at=now,
+                            demand_history=history)
     return Decision(state=new_state, weights=dict(weights), switched=switched, stale=False, reason=why,
                     prewarm={name: f[0] for name, f in floors.items()}, demand_rps=demand,
                     planned_rps=dict(plan.planned_rps))

@@ -57,6 +57,9 @@ class PolicyState:
     # estimate when demand cannot be measured (cluster_demand_estimate).
     planned: Mapping[str, float] = field(default_factory=dict)
     decided_at: float | None = None  # time of the decision that produced this state
+    # merit-order: (time, measured demand) of the decisions within prewarm.slope_window_s, oldest
+    # first: the base of the demand slope (demand.demand_slope). Estimated demand is not recorded.
+    demand_history: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)

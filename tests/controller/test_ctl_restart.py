@@ -147,7 +147,8 @@ def test_the_state_lives_in_a_configmap_written_on_changes_only(world, clock):
 def test_state_records_round_trip():
     state = PolicyState(mode=CAPACITY, since=100.0, cost_headroom_since=400.5, weights={"a": 60, "b": 40},
                         prewarm_until=math.inf, short_capacity={"a": 2.0}, floors={"a": (6, math.inf), "b": (3, 700.0)},
-                        planned={"a": 300.0, "b": 120.0}, decided_at=990.0)
+                        planned={"a": 300.0, "b": 120.0}, decided_at=990.0,
+                        demand_history=((930.0, 300.0), (960.0, 310.5), (990.0, 322.25)))
     record = json.loads(json.dumps(encode_state(state, {"a": 6, "b": 3})))  # plain JSON, no Infinity
     assert "Infinity" not in json.dumps(record)
     back = decode_state(record, ["a", "b"], {"a": 60, "b": 40}, now=1000.0, interval_s=30)
@@ -155,7 +156,10 @@ def test_state_records_round_trip():
     # The last decision before a restart was at most one interval ago: never held from earlier.
     assert decode_state(record, ["a", "b"], {}, now=5000.0, interval_s=30).decided_at == 4970.0
     assert change_key(encode_state(state)) == change_key(encode_state(
-        PolicyState(**{**state.__dict__, "planned": {"a": 1.0}, "decided_at": 5.0})))
+        PolicyState(**{**state.__dict__, "planned": {"a": 1.0}, "decided_at": 5.0, "demand_history": ()})))
+    # Demand samples from after the restart's clock (a clock that went back) are not trusted.
+    assert decode_state(record, ["a", "b"], {}, now=960.0, interval_s=30).demand_history == ((930.0, 300.0),
+                                                                                            (960.0, 310.5))
     assert decode_state({"version": 99}, ["a"], {}, 0, 30) is None
 
 

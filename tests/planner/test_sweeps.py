@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import yaml
 
-from controller.config import load_config
+from controller.config import load_config, parse_config
 from controller.simulate import main
 from controller.simulator.model import ClusterSettings, KpaSettings
 from controller.simulator.runner import SimSettings
 from controller.simulator.sweep import GOAL_EXCESS_DROP_SHARE, GOAL_MEDIAN, GOAL_WORST, run_sweep
 
-from .conftest import REPO
+from .conftest import REPO, SEED_CONFIG
 
 SPOT_CONFIG = REPO / "examples" / "sd21-spot.yaml"
 SEEDS = range(6)
@@ -70,6 +72,46 @@ def test_bursts_meet_the_cost_goals_but_drop_what_arrives_before_replicas_can_st
     # burst's first minutes unless it pays for spare capacity all day (> 2x the cost at 5x bursts).
     assert all(run["oracle_dropped_share"] == 0 for run in r["runs"])
     assert _dist(r, "excess_dropped_share")["worst"] <= 0.07
+
+
+def seed_config_with(section, **values):
+    raw = yaml.safe_load(SEED_CONFIG.read_text())
+    raw[section] = {**raw[section], **values}
+    return parse_config(raw)
+
+
+def test_on_bursts_spare_capacity_buys_drops_only_at_a_cost_far_beyond_the_cost_goal(seed_config):
+    """Why the bursts' drop goal is not met (docs/simulation.md, "Sweeps", the frontier): whatever
+    a drop is said to cost, the bridge replicas it buys arrive after most of a burst; ready spare
+    capacity (a lower scale target) does catch bursts, but drops cut to a third cost 1.7x the oracle."""
+    seeds = range(3)
+    shipped = run_sweep(seed_config, "bursts", seeds, step_s=30.0)
+    oracle = np.array([r["oracle_usd"] for r in shipped["runs"]])
+
+    def cost_and_drops(config):
+        runs = run_sweep(config, "bursts", seeds, step_s=30.0)["runs"]
+        return (float(np.median([r["cost_usd"] for r in runs] / oracle)),
+                max(r["excess_dropped_share"] for r in runs))
+
+    shipped_drops = max(r["excess_dropped_share"] for r in shipped["runs"])
+    _, dear_drops = cost_and_drops(seed_config_with("routing", drop_cost_usd=0.01))  # 500x shipped
+    assert shipped_drops * 0.8 < dear_drops < shipped_drops  # measured worst 5.4 % against 5.9 %
+    spare_cost, spare_drops = cost_and_drops(seed_config_with("routing", target_utilisation=0.35))
+    assert spare_cost > 1.5 and spare_drops > GOAL_EXCESS_DROP_SHARE  # measured 1.68x, worst 1.9 %
+
+
+def test_slope_pre_warm_leaves_the_families_as_they_were(seed_config):
+    """Sized by start-up x slope (shipped: slope_horizon 1.5): the families' demand rises either
+    slowly (the diurnal curve, within the autoscaler's headroom) or in steps (bursts), neither a
+    sustained fast rise, so the sweeps are the same with it off (tests/planner/test_slope_prewarm.py
+    shows the rise it is for)."""
+    off = seed_config_with("prewarm", slope_horizon=0.0)
+    for family, seeds, step in (("bursts", range(2), 30.0), ("outages", range(3), 60.0)):
+        with_slope = run_sweep(seed_config, family, seeds, step_s=step)["runs"]
+        without = run_sweep(off, family, seeds, step_s=step)["runs"]
+        for a, b in zip(with_slope, without, strict=True):
+            assert a["dropped_share"] == pytest.approx(b["dropped_share"], abs=1e-4)
+            assert a["cost_usd"] == pytest.approx(b["cost_usd"], rel=0.01)
 
 
 def test_cli_sweep_writes_the_distribution_and_a_plot(tmp_path, capsys):
