@@ -39,6 +39,7 @@ from controller.policy.model import (
     lasting_ready,
     unit_short,
 )
+from controller.policy.spare import record_rises, spare_replicas
 
 
 def _demand(config: ControllerConfig, state: PolicyState, signals: Signals) -> tuple[float, str | None]:
@@ -114,9 +115,11 @@ def _floors(
     demand: float,
     obtainable: Mapping[str, float],
     now: float,
+    rises: tuple[tuple[float, float], ...] = (),
 ) -> dict[str, tuple[int, float]]:
     """Each unit's next (floor, held until): its plan, the plan for the demand one start-up ahead
-    (``ahead``, prewarm.slope_horizon; the plan itself when off), the capacity probe, the urgent bridge."""
+    (``ahead``, prewarm.slope_horizon; the plan itself when off), the capacity probe, the urgent
+    bridge, and the standing spare the recorded demand ``rises`` are worth (policy/spare.py)."""
     routing = config.routing
     cost_units = config.cost_units
     ready = {u.name: us[u.name].ready_replicas for u in config.units}
@@ -136,6 +139,13 @@ def _floors(
                                  config.prewarm.hold_s, routing.target_utilisation,
                                  routing.max_utilisation).items():
         want[name] += n
+    # Spare goes on top of what the plan runs (a growing cost pool's floor is left to its
+    # autoscaler, so its plan counts, not its floor).
+    kept = {u.name: max(want[u.name], plan.replicas[u.name]) for u in config.units}
+    room = {u.name: int(min(obtainable[u.name], u.max_replicas)) - kept[u.name] for u in config.units}
+    for name, n in spare_replicas(config.units, demand, rises, kept, room, routing.drop_cost_usd,
+                                  config.timing.interval_s, routing.spare_memory_s, routing.max_utilisation).items():
+        want[name] = kept[name] + n
     floors: dict[str, tuple[int, float]] = {}
     for u in config.units:
         if mode == CAPACITY and config.prewarm.hold_until_fallback and u.pool != "cost":
@@ -151,6 +161,7 @@ def decide_merit_order(
     routing = config.routing
     demand, untrusted = _demand(config, state, signals)
     history = recorded_history(config, state, now, demand if untrusted is None else None)
+    rises = record_rises(config, state.demand_rises, history, now, untrusted is None)
     us = signals.units
     mode, switched, why, headroom_since = _next_mode(config, state, us, now)
     # Interrupted replicas still serve until their node goes (the router may use them), but the
@@ -182,10 +193,10 @@ def decide_merit_order(
                                                       routing.target_utilisation, routing.max_utilisation)
         if sized > demand:
             why += f"; replicas for {fmt(expected)} {config.rate_unit} one start-up ahead (demand rising)"
-        floors = _floors(config, state, us, mode, plan, ahead, demand, obtainable, now)
+        floors = _floors(config, state, us, mode, plan, ahead, demand, obtainable, now, rises)
     new_state = PolicyState(mode=mode, since=now if switched else state.since, cost_headroom_since=headroom_since,
                             weights=dict(weights), floors=floors, planned=dict(plan.planned_rps), decided_at=now,
-                            demand_history=history)
+                            demand_history=history, demand_rises=rises)
     return Decision(state=new_state, weights=dict(weights), switched=switched, stale=False, reason=why,
                     prewarm={name: f[0] for name, f in floors.items()}, demand_rps=demand,
                     planned_rps=dict(plan.planned_rps))
