@@ -165,7 +165,13 @@ class Routing(Section):
     drop_cost_usd: Number = Field(0.0, ge=0, description="the cost of a dropped request (USD): merit-order starts "
                                   "bridge replicas on the fastest-starting units for demand that no ready replica "
                                   "carries only where the requests they save are worth more than they cost "
-                                  "(allocation.urgent_bridge). 0: never")
+                                  "(allocation.urgent_bridge), and keeps standing spare replicas where the drops "
+                                  "the recorded demand rises predict are worth more than their price per hour "
+                                  "(policy/spare.py). 0: never")
+    spare_memory_s: Number = Field(86400, ge=0, le=7 * 86400, description="merit-order, with drop_cost_usd > 0: "
+                                   "demand rises beyond the scale target's headroom within one start-up are "
+                                   "remembered this long to size standing spare replicas (policy/spare.py). 0: no "
+                                   "standing spare")
 
     @model_validator(mode="after")
     def _ceiling_above_target(self) -> Routing:

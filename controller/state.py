@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 KEY = "state.json"
 VERSION = 1
 # Written with the next real change only: they move on every decision.
-VOLATILE = ("planned", "decided_at", "saved_at", "demand_history")
+VOLATILE = ("planned", "decided_at", "saved_at", "demand_history", "demand_rises")
 
 
 def encode_time(value: float | None) -> float | str | None:
@@ -73,6 +73,7 @@ def encode_state(state: PolicyState, applied_floors: Mapping[str, int] | None = 
         "planned": {k: round(float(v), 3) for k, v in sorted(state.planned.items())},
         "decided_at": encode_time(state.decided_at),
         "demand_history": [[round(float(t), 3), round(float(d), 3)] for t, d in state.demand_history],
+        "demand_rises": [[round(float(t), 3), round(float(r), 4)] for t, r in state.demand_rises],
     }
 
 
@@ -117,11 +118,13 @@ def decode_state(
                  if k in names and decode_time(v) is not None},
         decided_at=min(last, now),
         demand_history=_decode_history(record.get("demand_history"), now),
+        demand_rises=_decode_history(record.get("demand_rises"), now),
     )
 
 
 def _decode_history(value: Any, now: float) -> tuple[tuple[float, float], ...]:
-    """(time, demand) samples, oldest first, none from after ``now``; malformed entries are skipped."""
+    """(time, value >= 0) samples (demand, or demand rises), oldest first, none from after ``now``;
+    malformed entries are skipped."""
     samples = []
     for item in value if isinstance(value, list) else []:
         if isinstance(item, list) and len(item) == 2:

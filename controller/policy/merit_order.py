@@ -39,6 +39,8 @@ from controller.policy.model import (
     lasting_ready,
     unit_short,
 )
+from controller.policy.spare import record_rises, spare_replicas
+from controller.weights import integer_weights
 
 
 def _demand(config: ControllerConfig, state: PolicyState, signals: Signals) -> tuple[float, str | None]:
@@ -114,9 +116,12 @@ def _floors(
     demand: float,
     obtainable: Mapping[str, float],
     now: float,
-) -> dict[str, tuple[int, float]]:
+    rises: tuple[tuple[float, float], ...] = (),
+) -> tuple[dict[str, tuple[int, float]], dict[str, int]]:
     """Each unit's next (floor, held until): its plan, the plan for the demand one start-up ahead
-    (``ahead``, prewarm.slope_horizon; the plan itself when off), the capacity probe, the urgent bridge."""
+    (``ahead``, prewarm.slope_horizon; the plan itself when off), the capacity probe, the urgent
+    bridge, and the standing spare the recorded demand ``rises`` are worth (policy/spare.py);
+    with the spare replicas wanted per unit."""
     routing = config.routing
     cost_units = config.cost_units
     ready = {u.name: us[u.name].ready_replicas for u in config.units}
@@ -136,12 +141,33 @@ def _floors(
                                  config.prewarm.hold_s, routing.target_utilisation,
                                  routing.max_utilisation).items():
         want[name] += n
+    # Spare goes on top of what the plan runs (a growing cost pool's floor is left to its
+    # autoscaler, so its plan counts, not its floor).
+    kept = {u.name: max(want[u.name], plan.replicas[u.name]) for u in config.units}
+    room = {u.name: int(min(obtainable[u.name], u.max_replicas)) - kept[u.name] for u in config.units}
+    spare = spare_replicas(config.units, demand, rises, kept, room, routing.drop_cost_usd, config.timing.interval_s,
+                           routing.spare_memory_s, routing.max_utilisation)
+    for name, n in spare.items():
+        want[name] = kept[name] + n
     floors: dict[str, tuple[int, float]] = {}
     for u in config.units:
         if mode == CAPACITY and config.prewarm.hold_until_fallback and u.pool != "cost":
             want[u.name] = max(want[u.name], state.floors.get(u.name, (u.min_replicas, 0.0))[0])
         floors[u.name] = _hold_floor(state, u.name, u.min_replicas, want[u.name], now, config.prewarm.hold_s)
-    return floors
+    return floors, spare
+
+
+def _burst_safe_weights(config: ControllerConfig, us: Mapping[str, UnitSignals], demand: float) -> dict[str, int]:
+    """Weights in proportion to each unit's lasting ready capacity at ``max_utilisation``, while
+    that carries ``demand`` (else empty). Spare is spare only if the router leaves every unit room:
+    with the plan's weights, a burst of 2x sends 2x to units held at their floor near the target
+    and drops there in the decision interval before the weights follow; in proportion to ready
+    capacity, every unit has the same room, and a burst up to that capacity is served."""
+    capacity = {u.name: lasting_ready(us[u.name]) * u.max_throughput * config.routing.max_utilisation
+                for u in config.units}
+    if sum(capacity.values()) <= demand:
+        return {}
+    return integer_weights(capacity)
 
 
 def decide_merit_order(
@@ -151,6 +177,7 @@ def decide_merit_order(
     routing = config.routing
     demand, untrusted = _demand(config, state, signals)
     history = recorded_history(config, state, now, demand if untrusted is None else None)
+    rises = record_rises(config, state.demand_rises, history, now, untrusted is None)
     us = signals.units
     mode, switched, why, headroom_since = _next_mode(config, state, us, now)
     # Interrupted replicas still serve until their node goes (the router may use them), but the
@@ -165,11 +192,8 @@ def decide_merit_order(
         + ", ".join(f"{n} {fmt(r)}" for n, r in plan.routed_rps.items() if r > 0.05)
         + (f"; {fmt(plan.unmet_rps)} {config.rate_unit} beyond every replica" if plan.unmet_rps > 0.05 else "")
     )
-    weights = dict(plan.weights)
-    if current and not switched and not _must_reroute(config, current, plan.weights, ready, demand):
-        weights = current
-        why += " (weights kept: within routing.min_weight_change)"
     floors: dict[str, tuple[int, float]] = {}
+    spare: dict[str, int] = {}
     if config.prewarm.enabled:
         # Sized for the demand one start-up ahead only when it is measured: the cluster estimate
         # follows the floors, and extrapolating it would ratchet them up.
@@ -182,10 +206,18 @@ def decide_merit_order(
                                                       routing.target_utilisation, routing.max_utilisation)
         if sized > demand:
             why += f"; replicas for {fmt(expected)} {config.rate_unit} one start-up ahead (demand rising)"
-        floors = _floors(config, state, us, mode, plan, ahead, demand, obtainable, now)
+        floors, spare = _floors(config, state, us, mode, plan, ahead, demand, obtainable, now, rises)
+    target = plan.weights
+    if spare:
+        why += "; spare " + ", ".join(f"{n} +{k}" for n, k in spare.items()) + " for the recorded demand rises"
+        target = _burst_safe_weights(config, us, demand) or target
+    weights = dict(target)
+    if current and not switched and not _must_reroute(config, current, target, ready, demand):
+        weights = current
+        why += " (weights kept: within routing.min_weight_change)"
     new_state = PolicyState(mode=mode, since=now if switched else state.since, cost_headroom_since=headroom_since,
                             weights=dict(weights), floors=floors, planned=dict(plan.planned_rps), decided_at=now,
-                            demand_history=history)
+                            demand_history=history, demand_rises=rises)
     return Decision(state=new_state, weights=dict(weights), switched=switched, stale=False, reason=why,
                     prewarm={name: f[0] for name, f in floors.items()}, demand_rps=demand,
                     planned_rps=dict(plan.planned_rps))

@@ -60,6 +60,10 @@ class PolicyState:
     # merit-order: (time, measured demand) of the decisions within prewarm.slope_window_s, oldest
     # first: the base of the demand slope (demand.demand_slope). Estimated demand is not recorded.
     demand_history: tuple[tuple[float, float], ...] = ()
+    # merit-order with routing.drop_cost_usd > 0: (time, demand now / least demand one start-up
+    # before) of the decisions whose demand rose beyond the scale target's headroom, within
+    # routing.spare_memory_s: what standing spare replicas are sized from (policy/spare.py).
+    demand_rises: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)

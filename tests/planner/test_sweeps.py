@@ -81,9 +81,10 @@ def seed_config_with(section, **values):
 
 
 def test_on_bursts_spare_capacity_buys_drops_only_at_a_cost_far_beyond_the_cost_goal(seed_config):
-    """Why the bursts' drop goal is not met (docs/simulation.md, "Sweeps", the frontier): whatever
-    a drop is said to cost, the bridge replicas it buys arrive after most of a burst; ready spare
-    capacity (a lower scale target) does catch bursts, but drops cut to a third cost 1.7x the oracle."""
+    """Why the bursts' drop goal is not met (docs/simulation.md, "Sweeps", the frontier): only
+    ready spare capacity catches a burst. A drop priced high keeps standing spare sized from the
+    bursts seen (policy/spare.py), a lower scale target keeps it everywhere; either way, cutting
+    the drops far costs far beyond the cost goal."""
     seeds = range(3)
     shipped = run_sweep(seed_config, "bursts", seeds, step_s=30.0)
     oracle = np.array([r["oracle_usd"] for r in shipped["runs"]])
@@ -94,8 +95,8 @@ def test_on_bursts_spare_capacity_buys_drops_only_at_a_cost_far_beyond_the_cost_
                 max(r["excess_dropped_share"] for r in runs))
 
     shipped_drops = max(r["excess_dropped_share"] for r in shipped["runs"])
-    _, dear_drops = cost_and_drops(seed_config_with("routing", drop_cost_usd=0.01))  # 500x shipped
-    assert shipped_drops * 0.8 < dear_drops < shipped_drops  # measured worst 5.4 % against 5.9 %
+    dear_cost, dear_drops = cost_and_drops(seed_config_with("routing", drop_cost_usd=0.001))  # 50x shipped
+    assert dear_drops < shipped_drops / 10 and dear_cost > 2.0  # measured worst 0.22 % against 5.9 %, 2.46x
     spare_cost, spare_drops = cost_and_drops(seed_config_with("routing", target_utilisation=0.35))
     assert spare_cost > 1.5 and spare_drops > GOAL_EXCESS_DROP_SHARE  # measured 1.68x, worst 1.9 %
 
