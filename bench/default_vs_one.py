@@ -37,7 +37,7 @@ def default_vs_one(
     the machine's load, and what a server's concurrency-16 phase leaves behind (OpenMP workers still
     spinning, sixteen connections closing), hit both servers alike. With one block per server per
     round, the default server's concurrency 1 came out 8-14 % slower on the tiny classifier while
-    fresh pairs measured chunk by chunk showed no such gap (docs/benchmarks.md, issue 18)."""
+    fresh pairs measured chunk by chunk showed no systematic gap (docs/benchmarks.md, issue 18)."""
     lone: dict[str, list[float]] = {key: [] for key in servers}
     cpu = {key: 0.0 for key in servers}
     loaded_wall = {key: 0.0 for key in servers}
