@@ -21,27 +21,41 @@ LONE_P50_GOAL = 1.05  # default server's p50 at concurrency 1 / --max_batch_size
 THROUGHPUT_GOALS = {"tiny_sd": 2.0, "tiny_classifier": 1.5}  # at concurrency 16, default / --max_batch_size 1
 
 
+LONE_CHUNKS = 5  # per round, the concurrency-1 requests of each server are sent in this many alternating chunks
+
+
 def default_vs_one(
     servers: dict[str, Server], make_client: Callable[[Server], Any], infer_args: dict, rounds: int,
     lone_requests: int, loaded_requests: int, loaded_concurrency: int = 16,
 ) -> dict:  # fmt: skip
-    """The default server against ``--max_batch_size 1``, interleaved: each round runs, on each server
-    in turn (the order alternating), ``lone_requests`` at concurrency 1 (latency, server CPU per
-    request) then ``loaded_requests`` at ``loaded_concurrency`` (throughput)."""
+    """The default server against ``--max_batch_size 1``, interleaved. Each round first sends, at
+    concurrency 1, ``lone_requests`` to each server in ``LONE_CHUNKS`` chunks alternating between
+    the servers (latency, server CPU per request), then ``loaded_requests`` at ``loaded_concurrency``
+    to each (throughput), the order alternating round by round.
+
+    Alternating short chunks makes the concurrency-1 comparison fair on a shared machine: a drift in
+    the machine's load, and what a server's concurrency-16 phase leaves behind (OpenMP workers still
+    spinning, sixteen connections closing), hit both servers alike. With one block per server per
+    round, the default server's concurrency 1 came out 8-14 % slower on the tiny classifier while
+    fresh pairs measured chunk by chunk showed no systematic gap (docs/benchmarks.md, issue 18)."""
     lone: dict[str, list[float]] = {key: [] for key in servers}
     cpu = {key: 0.0 for key in servers}
     loaded_wall = {key: 0.0 for key in servers}
     batches: dict[str, list[float]] = {key: [0.0, 0.0] for key in servers}
     for server in servers.values():  # warm-up: connections, first-call costs
         closed_loop(lambda s=server: make_client(s), 1, 3, infer_args)
+    chunks = _chunk_sizes(lone_requests, LONE_CHUNKS)
     for round_index in range(rounds):
         order = list(servers) if round_index % 2 == 0 else list(reversed(servers))
+        for chunk_index, chunk in enumerate(chunks):
+            for key in order if chunk_index % 2 == 0 else list(reversed(order)):
+                server = servers[key]
+                cpu_before = server.cpu_seconds()
+                level = closed_loop(lambda s=server: make_client(s), 1, chunk, infer_args, keep_samples=True)
+                cpu[key] += server.cpu_seconds() - cpu_before
+                lone[key] += level["samples_s"]
         for key in order:
             server = servers[key]
-            cpu_before = server.cpu_seconds()
-            level = closed_loop(lambda s=server: make_client(s), 1, lone_requests, infer_args, keep_samples=True)
-            cpu[key] += server.cpu_seconds() - cpu_before
-            lone[key] += level["samples_s"]
             before = server.metrics()
             level = closed_loop(lambda s=server: make_client(s), loaded_concurrency, loaded_requests, infer_args)
             after = server.metrics()
@@ -66,6 +80,12 @@ def default_vs_one(
     result[f"c{loaded_concurrency}_throughput_ratio"] = round(default[rate] / one[rate], 3)
     result["rounds"], result["lone_requests"], result["loaded_requests"] = rounds, lone_requests, loaded_requests
     return result
+
+
+def _chunk_sizes(total: int, chunks: int) -> list[int]:
+    """``total`` split into at most ``chunks`` near-equal positive parts."""
+    count = max(1, min(chunks, total))
+    return [total // count + (1 if index < total % count else 0) for index in range(count)]
 
 
 def build_tiny_classifier(directory: Path, env: dict[str, str]) -> str:

@@ -108,7 +108,7 @@ def default_vs_one_markdown(section: dict) -> list[str]:
     lines = [
         "",
         f"(d) Default server against `--max_batch_size 1`, REST, {model['rounds']} interleaved round(s) of "
-        "concurrency 1 then 16 on each server",
+        "concurrency 1 (alternating chunks) then 16 on each server",
         "",
         "| model | server | c=1 p50 ms | c=1 p90 ms | c=1 server CPU ms/request | c=16 requests/s | c=16 mean batch |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",

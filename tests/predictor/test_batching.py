@@ -346,3 +346,50 @@ def test_batch_wait_zero_never_holds():
 
     assert run_guarded(scenario()) == ["D"]
     assert device.calls == [["a", "b", "c"], ["d"]]
+
+
+def _batcher_calls_of_lone_requests(max_batch_size: int, batch_wait_s: float, count: int) -> tuple[list, list]:
+    """For each of ``count`` lone requests in a row on an idle batcher (after a first one, which
+    starts the dispatcher): the functions of predictor.batching it ran, in order, on every thread;
+    and the batches' stats."""
+    import sys
+
+    batcher, device, clock, stats = gated(max_batch_size=max_batch_size, batch_wait_s=batch_wait_s, call_seconds=0.001)
+    calls: list[str] = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.endswith("predictor/batching.py"):
+            calls.append(f"{threading.current_thread().name.split('_')[0]}:{frame.f_code.co_name}")
+
+    async def scenario():
+        per_request = []
+        await batcher.submit([("k", "first")])
+        for index in range(count):
+            clock.now += 1.0  # the client thinks between requests (no timing: the fake clock)
+            threading.setprofile(profile)
+            sys.setprofile(profile)
+            try:
+                await batcher.submit([("k", f"lone {index}")])
+                await settle()  # the dispatcher finishes its round and waits for the next arrival
+            finally:
+                sys.setprofile(None)
+                threading.setprofile(None)
+            per_request.append(list(calls))
+            calls.clear()
+        return per_request
+
+    per_request = run_guarded(scenario())
+    assert device.calls == [["first"]] + [[f"lone {index}"] for index in range(count)]
+    return per_request, stats
+
+
+def test_a_lone_request_takes_the_same_batcher_path_whatever_max_batch_size_says():
+    """Issue 18: at concurrency 1 the default server (max_batch_size 4, batch_wait 5 ms) must do
+    exactly what ``--max_batch_size 1`` does: the same batcher functions, in the same order, on
+    the same threads (the inference thread runs the device call only), and never a hold."""
+    default, default_stats = _batcher_calls_of_lone_requests(max_batch_size=4, batch_wait_s=0.005, count=3)
+    one_at_a_time, _ = _batcher_calls_of_lone_requests(max_batch_size=1, batch_wait_s=0.005, count=3)
+
+    assert all("MainThread:_take_batch" in calls for calls in default)  # the profile saw the dispatcher's round
+    assert default == one_at_a_time
+    assert [batch.held_s for batch in default_stats] == [0.0] * 4
