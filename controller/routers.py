@@ -47,14 +47,20 @@ class RouterError(Exception):
     """The router object is missing or does not match the configured units."""
 
 
-def _parse_weights(raw: str | None) -> dict[str, int] | None:
+def _json_object(raw: str | None) -> dict | None:
+    """An annotation's JSON object; None when absent or not a JSON object."""
     if not raw:
         return None
     try:
         data = json.loads(raw)
     except ValueError:
         return None
-    if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
+    return data if isinstance(data, dict) else None
+
+
+def _parse_weights(raw: str | None) -> dict[str, int] | None:
+    data = _json_object(raw)
+    if data is None or not all(isinstance(v, int) for v in data.values()):
         return None
     return {str(k): int(v) for k, v in data.items()}
 
@@ -91,14 +97,7 @@ class RouterView:
 
     @property
     def saved_state(self) -> dict | None:
-        raw = self.annotations.get(STATE)
-        if not raw:
-            return None
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return None
-        return data if isinstance(data, dict) else None
+        return _json_object(self.annotations.get(STATE))
 
 
 class Router(Protocol):

@@ -14,6 +14,7 @@ and ``parse`` takes their values as pydantic's validation context.
 from __future__ import annotations
 
 import struct
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, NoReturn, Self
 
@@ -104,14 +105,15 @@ def utf8_text(value: Any) -> str:
     return value
 
 
-class Check:
-    """A check usable as ``Annotated`` metadata, run after the value's conversion."""
+class Check(ABC):
+    """A check usable as ``Annotated`` metadata, run after the value's conversion; subclasses say
+    what they check in ``__call__`` (return the value, or ``fail`` with the reason)."""
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
         return core_schema.with_info_after_validator_function(self, handler(source))
 
-    def __call__(self, value: Any, info: ValidationInfo) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def __call__(self, value: Any, info: ValidationInfo) -> Any: ...
 
 
 class Between(Check):
