@@ -132,7 +132,7 @@ def _load_task(args, device):
     """Fetch the model, work out its task and backend, and build the task (not loaded yet)."""
     from predictor.backends import task_factory
     from predictor.storage import ModelSourceError, prepare_model_dir, weights_variant
-    from predictor.tasks import UnknownTaskError, infer_task
+    from predictor.tasks import UnknownTaskError, infer_task, task_class
     from predictor.tasks.base import ServingLimits
 
     variant = weights_variant(device.kind, args.dtype)  # the loaders pick the same (predictor.storage)
@@ -145,6 +145,11 @@ def _load_task(args, device):
     except (ModelSourceError, UnknownTaskError) as error:
         raise _StartupError(str(error)) from None
     logger.info("serving task %s from %s as model %r", task_name, model_dir, args.model_name)
+    if args.max_batch_size is None:
+        args.max_batch_size = task_class(task_name).default_max_batch_size
+        logger.info("max_batch_size: %d (the task's default; --max_batch_size overrides)", args.max_batch_size)
+    if args.max_batch_size < 1:
+        raise _StartupError(f"--max_batch_size must be at least 1, got {args.max_batch_size}")
     if task_name == "text-generation":
         error = _check_backend(str(model_dir), device.kind, args)
         if error:

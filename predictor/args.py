@@ -119,7 +119,13 @@ def _add_device_arguments(device: argparse._ArgumentGroup) -> None:
 
 def _add_serving_arguments(serving: argparse._ArgumentGroup) -> None:
     """Batching, queueing and the bounds of request parameters."""
-    serving.add_argument("--max_batch_size", type=int, default=4, help="Most prompts in one pipeline call.")
+    serving.add_argument(
+        "--max_batch_size",
+        type=int,
+        default=None,
+        help="Most items (prompts, texts, images) in one device call and in one request; default: the task's "
+        "(text-to-image, object-detection, text-generation 4; image-classification 16; text-classification 32).",
+    )
     serving.add_argument(
         "--batch_wait_ms",
         type=float,

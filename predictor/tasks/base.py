@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # kserve only for hints: predictor.tasks imports without kserve (tools reuse it)
     from kserve.protocol.infer_type import InferOutput, InferRequest
@@ -38,6 +38,10 @@ class Task(ABC):
     """One served task. ``load`` and ``run_batch`` block and run on the inference thread."""
 
     name: str = ""
+    #: ``--max_batch_size`` when none is given: what one device call holds without memory to spare
+    #: on a typical model of the task (a batch of 512x512 images needs GBs of activations; a batch
+    #: of 32 short texts a few MB, and under concurrent load it costs about what one text does).
+    default_max_batch_size: ClassVar[int] = 4
 
     def __init__(
         self,

@@ -169,6 +169,7 @@ def _as_list(scored: Any) -> list[dict]:
 
 class TextClassificationTask(_ClassifierTask):
     name = "text-classification"
+    default_max_batch_size = 32
     input_name = "text"
     input_help = '"some text" or {"text": ...}'
 
@@ -194,6 +195,7 @@ class TextClassificationTask(_ClassifierTask):
 
 class ImageClassificationTask(_ClassifierTask):
     name = "image-classification"
+    default_max_batch_size = 16
     input_name = "image"
     input_help = '"<base64 image>" or {"image": {"b64": ...}}'
 

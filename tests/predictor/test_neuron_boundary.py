@@ -89,6 +89,7 @@ def test_cpu_serving_never_imports_the_neuron_sdk(tiny_model):
     (["--device", "cuda"], "no CUDA device"),
     (["--workers", "2"], "--workers must be 1"),
     (["--model_dir", "/nonexistent"], "holds no model"),
+    (["--max_batch_size", "0"], "--max_batch_size must be at least 1, got 0"),
 ])
 def test_server_refuses_to_start_with_a_clear_message(tiny_model, argv, message):
     command = [sys.executable, "-m", "predictor", "--model_name", "sd", "--model_dir", str(tiny_model),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import requests
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from tests.servers import start_predictor
 from tests.tasks.helpers import jpeg, png
 
 TEXT_LABELS = {"NEGATIVE", "POSITIVE"}
@@ -232,3 +234,26 @@ def test_tritonclient_error_surface(image_classifier):
             client.infer(image_classifier.name, [tensor])
     finally:
         client.close()
+
+
+# ----------------------------------------------------------------------------- default batch size
+
+
+def test_a_text_classifier_batches_32_texts_unless_told_otherwise(tiny_models, tmp_path):
+    """Without --max_batch_size, a text classifier takes the task's 32 texts per device call (and
+    request), not text-to-image's 4: short texts batch for almost nothing, so under concurrent load
+    one call serves many clients. --max_batch_size still sets it (the suite's servers pass 4)."""
+    predictor = start_predictor(
+        tiny_models["text-classification"], tmp_path / "server.log", "--device", "cpu", name="sentiment",
+        env={"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        server = SimpleNamespace(url=predictor.http, name="sentiment")
+        texts = [f"text number {index}" for index in range(33)]
+        full = _outputs(_infer(server, [{"name": "text", "datatype": "BYTES", "shape": [32], "data": texts[:32]}]))
+        assert full["labels"]["shape"] == [32, 1]
+        over = _infer(server, [{"name": "text", "datatype": "BYTES", "shape": [33], "data": texts}])
+        assert over.status_code == 400 and "batch limit of 32" in over.json()["error"], over.text
+        assert "max_batch_size: 32 (the task's default" in (tmp_path / "server.log").read_text()
+    finally:
+        predictor.stop(grace=8)
