@@ -140,7 +140,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="predictor-bench-")))
         out_dir = Path(args.out) if args.out else scratch
         out_dir.mkdir(parents=True, exist_ok=True)
-        model_dir, model_label = _model(args, scratch) if parts & {"a", "b", "c", "d"} else ("", "none: (a)-(d) not run")
+        model_dir, model_label = (
+            _model(args, scratch) if parts & {"a", "b", "c", "d"} else ("", "none: (a)-(d) not run")
+        )
         env = _server_env(args, threads)
         extra = shlex.split(args.server_args)
         specs = server_specs(args)
