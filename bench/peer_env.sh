@@ -30,12 +30,14 @@ pip() { "$VENV/bin/pip" install --quiet --disable-pip-version-check "$@"; }
 # torch first and exactly ours (fairness: the same kernels and threads); the repository's constraints
 # file pins it, as any other torch spec (huggingfaceserver 0.14.1 asks ~2.4.0) pulls GBs of CUDA wheels.
 pip -c "$REPO/constraints.txt" torch==2.13.0
-# kserve from PyPI with the storage extra (huggingfaceserver's __main__ imports kserve.storage).
+# kserve from PyPI without its storage extra, plus requests (kserve.storage imports it at the top, its
+# cloud clients only when used): the extra pins huggingface-hub ^0.24, which transformers 5 refuses,
+# and the benchmark serves a local --model_dir.
 # transformers: the same as ours (huggingfaceserver 0.14.1 asks ~4.43.3, but its encoder path loads and
 # serves the tiny BERT classifier with 5.24.0, and the same tokenizer and model code makes the
 # comparison about the servers). accelerate: huggingfaceserver asks ~0.32 (only init_empty_weights is
 # used); 1.15.0 is the one that resolves with transformers 5. fastapi: the same as ours.
-pip -c "$REPO/constraints.txt" "kserve[storage]==0.14.1" transformers==5.24.0 accelerate==1.15.0 fastapi==0.165.0
+pip -c "$REPO/constraints.txt" kserve==0.14.1 requests transformers==5.24.0 accelerate==1.15.0 fastapi==0.165.0
 # --no-deps: its pins (torch ~2.4, transformers ~4.43, kserve from a path) are the ones overridden above.
 pip --no-deps "$HF_SRC"
 "$VENV/bin/python" - <<'EOF'
