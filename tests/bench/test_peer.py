@@ -14,15 +14,19 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from bench.__main__ import _parts, build_parser, run
 from bench.clients import CLASSIFIER_BODY, v2_text_body
-from bench.peer import NO_PEER, PEER_GOALS, compare_answers, output_labels, peer_ratios
+from bench.peer import NO_PEER, PEER_GOALS, ask_both, compare_answers, output_labels, peer_ratios
 from bench.report import peer_markdown
-from tests.bench.fake_hf_peer import texts_of
+from bench.servers import MODEL_NAME
+from tests.bench.fake_hf_peer import handler, texts_of
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_PEER = Path(__file__).with_name("fake_hf_peer.py")
@@ -95,6 +99,20 @@ def test_answers_agree_on_the_label_while_their_formats_differ():
     assert differ["same_labels"] is False
     neither = compare_answers({"ours": [], "peer": []}, ID2LABEL)
     assert neither["same_labels"] is False  # no label at all is no agreement
+
+
+def test_a_body_a_server_refuses_stops_the_part_naming_that_server():
+    fake = ThreadingHTTPServer(("127.0.0.1", 0), handler(MODEL_NAME, 1))
+    threading.Thread(target=fake.serve_forever, daemon=True).start()
+    try:
+        peer = SimpleNamespace(http=f"http://127.0.0.1:{fake.server_address[1]}")
+        assert ask_both({"peer": peer}, CLASSIFIER_BODY) == {"peer": peer_outputs(1)}
+        numbers = json.dumps({"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [1.0]}]})
+        with pytest.raises(RuntimeError, match=r"peer refused the v2 request .*HTTP 400"):
+            ask_both({"peer": peer}, numbers.encode())
+    finally:
+        fake.shutdown()
+        fake.server_close()
 
 
 # ----------------------------------------------------------------------------- ratios and report
