@@ -8,7 +8,10 @@ dir unless ``--model_dir`` is given):
     and the ratio served/direct (goal: p50 ratio <= 1.10);
 (b) throughput: closed-loop REST clients at concurrency 1/4/16 against a server with dynamic
     batching and one without; images/s and latency percentiles;
-(c) ``/v2/models/{name}/ready`` latency while 16 long inferences are in flight (goal p99 < 50 ms).
+(c) ``/v2/models/{name}/ready`` latency while 16 long inferences are in flight (goal p99 < 50 ms);
+(d) the default server against ``--max_batch_size 1`` (bench/default_vs_one.py);
+(peer) the default server against KServe's own huggingfaceserver on a tiny text classifier
+    (bench/peer.py; needs ``--peer_python``, the interpreter of a venv built by bench/peer_env.sh).
 
 It prints tables, writes ``--out DIR/bench.json`` (and ``bench.md``, the same tables in
 Markdown) and always stops the servers it started. Performance goals are reported, never
@@ -39,6 +42,7 @@ from bench.default_vs_one import run_default_vs_one
 from bench.direct import DirectPipeline, torch_dtype
 from bench.latency import run_latency
 from bench.measure import run_ready, run_throughput
+from bench.peer import peer_python_problem, run_peer
 from bench.report import markdown_tables
 from bench.servers import REPO, Server, ServerSpec
 
@@ -69,8 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="torch intra-op threads in this process and the servers (OMP_NUM_THREADS); 0: torch's default here.",
     )
-    parser.add_argument("--parts", default="a,b,c,d", help="Which measurements to run, e.g. 'a' or 'a,d'.")
+    parser.add_argument(
+        "--parts", default="a,b,c,d", help="Which measurements to run, e.g. 'a' or 'a,d'; 'peer' is not in the default."
+    )
     parser.add_argument("--d_rounds", type=int, default=3, help="Interleaved rounds of (d).")
+    _add_peer_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="Tiny counts: a smoke run, not a measurement.")
     parser.add_argument("--out", default=None, help="Directory for bench.json, bench.md and the server logs.")
     parser.add_argument(
@@ -81,6 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--startup_timeout", type=float, default=300.0, help="Seconds to wait for a server.")
     return parser
+
+
+def _add_peer_arguments(parser: argparse.ArgumentParser) -> None:
+    peer = parser.add_argument_group("peer", "--parts peer: ours against KServe's huggingfaceserver (issue 18)")
+    peer.add_argument(
+        "--peer_python",
+        default=None,
+        help="Python of a venv with kserve and huggingfaceserver 0.14.1 (bench/peer_env.sh); without it the part "
+        "is skipped.",
+    )
+    peer.add_argument(
+        "--peer_model_dir", default=None, help="Text classifier both serve; default: modelbuild.tiny_models' tiny BERT."
+    )
+    peer.add_argument("--peer_rounds", type=int, default=2, help="Interleaved rounds of (peer).")
+    peer.add_argument("--peer_requests", type=int, default=400, help="Requests per server, level and round of (peer).")
+    peer.add_argument("--peer_args", default="", help="Extra arguments for the peer only, one string.")
 
 
 def resolve_device(requested: str) -> str:
@@ -117,7 +140,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="predictor-bench-")))
         out_dir = Path(args.out) if args.out else scratch
         out_dir.mkdir(parents=True, exist_ok=True)
-        model_dir, model_label = _model(args, scratch)
+        model_dir, model_label = (
+            _model(args, scratch) if parts & {"a", "b", "c", "d"} else ("", "none: (a)-(d) not run")
+        )
         env = _server_env(args, threads)
         extra = shlex.split(args.server_args)
         specs = server_specs(args)
@@ -155,10 +180,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             report["throughput"] = run_throughput(servers, specs, image, args.requests)
         if "c" in parts:
             report["ready"] = run_ready(servers, specs, {**image, "steps": args.ready_steps}, args.ready_seconds)
+        for server in servers.values():  # (a)-(c) are over: their servers must not share the CPU with what follows
+            server.stop()
         if "d" in parts:
-            for server in servers.values():  # (a)-(c) are over: their servers must not share the CPU with (d)
-                server.stop()
             report["default_vs_one"] = run_default_vs_one(args, model_dir, scratch, out_dir, env, extra, device, stack)
+        if "peer" in parts:
+            report["peer"] = run_peer(args, scratch, out_dir, env, extra, device, stack)
 
         meta["duration_s"] = round(time.time() - started_at, 1)
         meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -171,10 +198,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
 def _parts(args: argparse.Namespace) -> set[str]:
     """The parts to run, from --parts; --quick also shrinks every count to a smoke run."""
     parts = {part.strip() for part in args.parts.split(",") if part.strip()}
-    if not parts <= {"a", "b", "c", "d"}:
-        raise SystemExit(f"bench: --parts takes a, b, c and d, got {args.parts!r}")
+    if not parts <= {"a", "b", "c", "d", "peer"}:
+        raise SystemExit(f"bench: --parts takes a, b, c, d and peer, got {args.parts!r}")
+    if "peer" in parts and args.peer_python and (problem := peer_python_problem(args.peer_python)):
+        raise SystemExit(f"bench: {problem}")  # before any other part spends minutes
     if args.quick:
-        args.d_rounds = 1
+        args.d_rounds = args.peer_rounds = 1
+        args.peer_requests = min(args.peer_requests, 16)
         args.repeats = min(args.repeats, 3)
         args.requests = min(args.requests, 16)
         args.ready_steps = min(args.ready_steps, 2)

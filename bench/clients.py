@@ -93,9 +93,18 @@ class FixedBodyClient:
         self.http.close()
 
 
-CLASSIFIER_BODY = json.dumps(
-    {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["what a lovely day for a benchmark"]}]}
-).encode()
+def v2_text_body(texts: list[str]) -> bytes:
+    """A v2 REST body of texts that our classifier and huggingfaceserver 0.14.1 both accept: one BYTES
+    tensor of strings, shape [n], no parameters (huggingfaceserver reads ``inputs[0]`` as a list of
+    strings when its datatype is BYTES and its data are str: kserve 0.14.1 ``get_predict_input``)."""
+    if not isinstance(texts, list) or not texts or not all(isinstance(text, str) for text in texts):
+        raise ValueError(f"v2_text_body takes a non-empty list of strings, got {texts!r}")
+    return json.dumps(
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
+    ).encode()
+
+
+CLASSIFIER_BODY = v2_text_body(["what a lovely day for a benchmark"])
 
 
 class GrpcClient:

@@ -28,6 +28,7 @@ def markdown_tables(report: dict) -> str:
         "throughput": throughput_markdown,
         "ready": ready_markdown,
         "default_vs_one": default_vs_one_markdown,
+        "peer": peer_markdown,
     }
     for key, render in sections.items():
         if key in report:
@@ -128,6 +129,41 @@ def default_vs_one_markdown(section: dict) -> list[str]:
             f"{section['goals']['c1_p50_ratio_max']}: {_met(measured['goal_met']['c1_p50'])}); c=16 throughput ratio "
             f"{measured['c16_throughput_ratio']:.2f} (goal >= {goal}: {_met(measured['goal_met']['c16_throughput'])})."
         )
+    return lines
+
+
+def peer_markdown(section: dict) -> list[str]:
+    """(peer): ours against huggingfaceserver per concurrency level, then the ratios against the goals."""
+    if "skipped" in section:
+        return ["", f"(peer) Against KServe's huggingfaceserver: skipped: {section['skipped']}."]
+    lines = [
+        "",
+        f"(peer) Ours (default flags) against KServe's huggingfaceserver, {section['model']}, REST, "
+        f"{section['rounds']} interleaved round(s) of {section['requests_per_level']} requests per server and level",
+        "",
+        "| server | concurrency | requests/s | p50 ms | p90 ms | server CPU ms/request |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for key, levels in section["servers"].items():
+        for level in levels:
+            lines.append(
+                f"| {key} | {level['concurrency']} | {_fmt(level['requests_per_s'], 1)} | {_fmt(level['p50_ms'], 2)} | "
+                f"{_fmt(level['p90_ms'], 2)} | {_fmt(level['cpu_ms_per_request'], 2)} |"
+            )
+    lines.append("")
+    for ratio in section["ratios"]:
+        goal = "" if ratio["goal_min"] is None else f" (goal >= {ratio['goal_min']}: {_met(ratio['goal_met'])})"
+        lines.append(
+            f"c={ratio['concurrency']}: ours / peer throughput {ratio['throughput_ratio']:.2f}{goal}; "
+            f"CPU per request {_fmt(ratio['cpu_per_request_ratio'], 2)}."
+        )
+    answers = section["answers"]
+    lines.append(
+        "Same request, answers: "
+        + "; ".join(f"{key} {', '.join(a['outputs'])} -> {a['labels']}" for key, a in answers.items())
+        + ("" if section["same_labels"] else " (labels DIFFER)")
+        + "."
+    )
     return lines
 
 
