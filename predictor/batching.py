@@ -137,6 +137,8 @@ class DynamicBatcher:
         self._on_depth(len(self._pending))
         self._arrived.set()
         try:
+            if len(entries) == 1:  # a lone item: its future itself, without gather's wrapper and callbacks
+                return [await entries[0].future]
             return list(await asyncio.gather(*(entry.future for entry in entries)))
         except asyncio.CancelledError:  # the client went away: its items leave the queue now
             for entry in entries:
@@ -285,13 +287,16 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         call = loop.run_in_executor(self._executor, self._run_batch, items)
         deadline = self._deadline_for(items)
-        try:
-            results = await (asyncio.wait_for(asyncio.shield(call), deadline) if deadline else call)
-        except TimeoutError:
-            # The thread stays blocked in the call; nothing can interrupt it. The process must restart.
-            raise DeviceUnhealthy(
-                f"a device call for {len(items)} item(s) did not return within its deadline of {deadline:.1f}s"
-            ) from None
+        if deadline:
+            # asyncio.wait leaves the call running when it times out or the dispatcher is cancelled
+            # (as shield would), with one waiter instead of wait_for's and shield's layers.
+            await asyncio.wait((call,), timeout=deadline)
+            if not call.done():
+                # The thread stays blocked in the call; nothing can interrupt it. The process must restart.
+                raise DeviceUnhealthy(
+                    f"a device call for {len(items)} item(s) did not return within its deadline of {deadline:.1f}s"
+                )
+        results = await call
         if len(results) != len(items):
             raise RuntimeError(f"pipeline returned {len(results)} results for {len(items)} items")
         return results

@@ -22,7 +22,7 @@ from typing import Any
 from predictor.backends.causal_lm import catch_up, generation_config_for, left_pad, row_criteria
 from predictor.backends.neuron import import_optimum_neuron
 from predictor.backends.tokenizers import eos_token_ids, generation_defaults, pad_token_id
-from predictor.backends.transformers import detect_batch
+from predictor.backends.transformers import class_scores, detect_batch
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class NeuronPipelineBackend:
             )
         return self.processor(images=inputs, return_tensors="pt")
 
-    def __call__(self, inputs: list, **kwargs) -> list[list[dict]]:
+    def __call__(self, inputs: list) -> list[list[dict]]:
         """Every label's score per input (the task keeps its top K)."""
         import torch
 
@@ -165,15 +165,8 @@ class NeuronPipelineBackend:
         for chunk, real in _chunks(list(inputs), self.batch_size):
             features = dict(self._features(chunk))
             with torch.inference_mode():
-                logits = self.model(**features).logits[:real].float()
-            if getattr(self.model.config, "problem_type", None) == "multi_label_classification":
-                scores = logits.sigmoid()
-            else:
-                scores = logits.softmax(dim=-1)
-            for row in scores.tolist():
-                results.append(
-                    [{"label": label, "score": score} for label, score in zip(self.labels, row, strict=False)]
-                )
+                logits = self.model(**features).logits[:real]
+            results += class_scores(self.model.config, self.labels, logits)
         return results
 
     def detect(self, images: list, threshold: float) -> list[list[dict]]:

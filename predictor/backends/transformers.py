@@ -1,13 +1,42 @@
-"""transformers pipelines (text and image classification, object detection) on CUDA or CPU."""
+"""transformers models (text and image classification, object detection) on CUDA or CPU.
+
+Loaded as a transformers pipeline (device, dtype and weights variant handled one way), but called
+directly: the processor on the whole batch, one forward, the pipelines' scoring rule. The pipeline's
+own ``__call__`` adds a DataLoader, a collate step and per-item pre/post-processing: about 0.3 ms on
+a lone short text and 40 % of a 16-text batch of a tiny BERT on CPU (docs/benchmarks.md, issue 18).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from predictor.backends.dtypes import torch_dtype
 from predictor.storage import local_weights_variant, weights_variant
 
 
+def scoring(config: Any) -> str:
+    """How logits become scores, as transformers' classification pipelines decide it by default
+    (``TextClassificationPipeline.postprocess``, ``ImageClassificationPipeline.postprocess``):
+    none for regression, a sigmoid per label for multi-label models and single-logit models, else
+    a softmax over the labels."""
+    problem_type = getattr(config, "problem_type", None)
+    if problem_type == "regression":
+        return "none"
+    if problem_type == "multi_label_classification" or config.num_labels == 1:
+        return "sigmoid"
+    return "softmax"
+
+
+def class_scores(config: Any, labels: list[str], logits: Any) -> list[list[dict]]:
+    """Every label's score per row of ``logits`` (a [rows, labels] tensor), in label order."""
+    logits = logits.float()
+    rule = scoring(config)
+    scores = logits.softmax(dim=-1) if rule == "softmax" else logits.sigmoid() if rule == "sigmoid" else logits
+    return [[{"label": label, "score": score} for label, score in zip(labels, row, strict=False)] for row in scores.tolist()]
+
+
 class TransformersBackend:
-    """A transformers pipeline on CUDA or CPU."""
+    """A transformers classifier or detector on CUDA or CPU."""
 
     def __init__(self, task: str, model_dir: str, device_kind: str, dtype: str = "auto"):
         from transformers import pipeline
@@ -23,13 +52,24 @@ class TransformersBackend:
         id2label = self.pipeline.model.config.id2label
         self.labels = [id2label[index] for index in sorted(id2label)]
 
-    def __call__(self, inputs: list, **kwargs) -> list:
+    def __call__(self, inputs: list) -> list[list[dict]]:
+        """Every label's score per input (texts or PIL images), in label order: one forward for the batch."""
         import torch
 
+        model = self.pipeline.model
+        if self.pipeline.task != "text-classification":
+            features = self.pipeline.image_processor(images=inputs, return_tensors="pt")
+        elif len(inputs) > 1 and self.pipeline.tokenizer.pad_token is None:  # cannot pad: one text at a time
+            return [row for text in inputs for row in self([text])]
+        else:
+            features = self.pipeline.tokenizer(inputs, padding=len(inputs) > 1, truncation=True, return_tensors="pt")
+        features = {
+            key: value.to(device=model.device, dtype=model.dtype if value.is_floating_point() else None)
+            for key, value in features.items()
+        }
         with torch.inference_mode():
-            if len(inputs) == 1:  # a lone input skips the pipeline's DataLoader (transformers Pipeline.run_single)
-                return [self.pipeline(inputs[0], **kwargs)]
-            return self.pipeline(inputs, batch_size=len(inputs), **kwargs)
+            logits = model(**features).logits
+        return class_scores(model.config, self.labels, logits)
 
     def detect(self, images: list, threshold: float) -> list[list[dict]]:
         """Object detection as one padded batch (the pipeline itself cannot stack different sizes)."""

@@ -48,8 +48,8 @@ class PipelineBackend(Protocol):
 
     labels: list[str]
 
-    def __call__(self, inputs: list, **kwargs) -> list:
-        """Run the transformers pipeline on a list of inputs; one result per input."""
+    def __call__(self, inputs: list) -> list[list[dict]]:
+        """Every label's score ({label, score}) per input, in one device call for the list."""
 
     def detect(self, images: list, threshold: float) -> list[list[dict]]:
         """Object detection on PIL images: per image a list of {label, score, box}."""
@@ -120,12 +120,12 @@ class _ClassifierTask(Task):
 
     def run_batch(self, items: Sequence[ClassifyItem]) -> list[Any]:
         inputs, positions, errors = self._inputs([item.value for item in items])
-        outputs = self.backend(inputs, **self._call_kwargs()) if inputs else []
+        outputs = self.backend(inputs) if inputs else []
         if len(outputs) != len(inputs):
-            raise RuntimeError(f"pipeline returned {len(outputs)} results for {len(inputs)} inputs")
+            raise RuntimeError(f"backend returned {len(outputs)} results for {len(inputs)} inputs")
         results: list[Any] = [errors.get(index) for index in range(len(items))]
         for position, scored in zip(positions, outputs, strict=True):
-            scored = sorted(_as_list(scored), key=lambda entry: entry["score"], reverse=True)[: items[position].top_k]
+            scored = sorted(scored, key=lambda entry: entry["score"], reverse=True)[: items[position].top_k]
             results[position] = Classification(
                 tuple(str(entry["label"]) for entry in scored), tuple(float(entry["score"]) for entry in scored)
             )
@@ -158,14 +158,6 @@ class _ClassifierTask(Task):
     def _inputs(self, values: list[Any]) -> tuple[list, list[int], dict[int, ImageError]]:
         return values, list(range(len(values))), {}
 
-    def _call_kwargs(self) -> dict[str, Any]:
-        return {}
-
-
-def _as_list(scored: Any) -> list[dict]:
-    # A pipeline returns a dict instead of a one-element list for some argument combinations.
-    return [scored] if isinstance(scored, dict) else list(scored)
-
 
 class TextClassificationTask(_ClassifierTask):
     name = "text-classification"
@@ -186,9 +178,6 @@ class TextClassificationTask(_ClassifierTask):
         tensors.check_texts([instance], where, MAX_TEXT_CHARS)
         return instance
 
-    def _call_kwargs(self) -> dict[str, Any]:
-        return {"top_k": None, "truncation": True}
-
     def warmup_items(self) -> list[ClassifyItem]:
         return [ClassifyItem("warm-up", 1)]
 
@@ -208,9 +197,6 @@ class ImageClassificationTask(_ClassifierTask):
 
     def _inputs(self, values):
         return decode_images(values)
-
-    def _call_kwargs(self) -> dict[str, Any]:
-        return {"top_k": self.label_count}
 
     def warmup_items(self) -> list[ClassifyItem]:
         return [ClassifyItem(warmup_image(), 1)]

@@ -254,6 +254,8 @@ def test_a_text_classifier_batches_32_texts_unless_told_otherwise(tiny_models, t
         assert full["labels"]["shape"] == [32, 1]
         over = _infer(server, [{"name": "text", "datatype": "BYTES", "shape": [33], "data": texts}])
         assert over.status_code == 400 and "batch limit of 32" in over.json()["error"], over.text
-        assert "max_batch_size: 32 (the task's default" in (tmp_path / "server.log").read_text()
+        log = (tmp_path / "server.log").read_text()
+        assert "max_batch_size: 32 (the task's default" in log
+        assert "event loop: uvloop (--event_loop auto)" in log  # kserve's default, applied (test_event_loop.py)
     finally:
         predictor.stop(grace=8)
