@@ -15,6 +15,14 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _table(title: str, header: list[str], rows: list[list[Any]], left: int = 1) -> list[str]:
+    """A blank line, the title, a blank line and a Markdown table (the first ``left`` columns left-aligned)."""
+    align = ["---"] * left + ["---:"] * (len(header) - left)
+    return ["", title, "", f"| {' | '.join(header)} |", f"| {' | '.join(align)} |"] + [
+        "| " + " | ".join(str(cell) for cell in row) + " |" for row in rows
+    ]
+
+
 def markdown_tables(report: dict) -> str:
     """The whole report: a line on the setup, then one table per part that ran."""
     meta = report["meta"]
@@ -69,20 +77,17 @@ def latency_markdown(lat: dict) -> list[str]:
 
 
 def throughput_markdown(tp: dict) -> list[str]:
-    lines = [
-        "",
+    rows = [
+        [label, level["concurrency"], _fmt(level["images_per_s"], 2), _fmt(level["p50_ms"]), _fmt(level["p90_ms"]),
+         _fmt(level.get("mean_batch_size"), 2)]
+        for label, levels in tp["servers"].items()
+        for level in levels
+    ]  # fmt: skip
+    return _table(
         f"(b) Throughput, closed loop over REST, {tp['requests_per_level']} requests per level",
-        "",
-        "| server | concurrency | images/s | p50 ms | p90 ms | mean batch |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for label, levels in tp["servers"].items():
-        for level in levels:
-            lines.append(
-                f"| {label} | {level['concurrency']} | {_fmt(level['images_per_s'], 2)} | "
-                f"{_fmt(level['p50_ms'])} | {_fmt(level['p90_ms'])} | {_fmt(level.get('mean_batch_size'), 2)} |"
-            )
-    return lines
+        ["server", "concurrency", "images/s", "p50 ms", "p90 ms", "mean batch"],
+        rows,
+    )
 
 
 def ready_markdown(ready: dict) -> list[str]:
@@ -136,20 +141,18 @@ def peer_markdown(section: dict) -> list[str]:
     """(peer): ours against huggingfaceserver per concurrency level, then the ratios against the goals."""
     if "skipped" in section:
         return ["", f"(peer) Against KServe's huggingfaceserver: skipped: {section['skipped']}."]
-    lines = [
-        "",
+    rows = [
+        [key, level["concurrency"], _fmt(level["requests_per_s"], 1), _fmt(level["p50_ms"], 2), _fmt(level["p90_ms"], 2),
+         _fmt(level["cpu_ms_per_request"], 2)]
+        for key, levels in section["servers"].items()
+        for level in levels
+    ]  # fmt: skip
+    lines = _table(
         f"(peer) Ours (default flags) against KServe's huggingfaceserver, {section['model']}, REST, "
         f"{section['rounds']} interleaved round(s) of {section['requests_per_level']} requests per server and level",
-        "",
-        "| server | concurrency | requests/s | p50 ms | p90 ms | server CPU ms/request |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for key, levels in section["servers"].items():
-        for level in levels:
-            lines.append(
-                f"| {key} | {level['concurrency']} | {_fmt(level['requests_per_s'], 1)} | {_fmt(level['p50_ms'], 2)} | "
-                f"{_fmt(level['p90_ms'], 2)} | {_fmt(level['cpu_ms_per_request'], 2)} |"
-            )
+        ["server", "concurrency", "requests/s", "p50 ms", "p90 ms", "server CPU ms/request"],
+        rows,
+    )
     lines.append("")
     for ratio in section["ratios"]:
         goal = "" if ratio["goal_min"] is None else f" (goal >= {ratio['goal_min']}: {_met(ratio['goal_met'])})"
