@@ -70,6 +70,19 @@ def test_without_peer_python_the_part_is_skipped_and_says_why(tmp_path):
     assert f"skipped: {NO_PEER}" in (tmp_path / "bench.md").read_text()
 
 
+def test_a_process_that_imported_kserve_before_can_still_run_the_bench(tmp_path):
+    """The "bench imported kserve" guard is about what the benchmark imports, not its caller (a
+    test session whose earlier tests imported kserve)."""
+    code = (
+        "import sys, kserve; from bench.__main__ import build_parser, run; "
+        f"argv = ['--parts', 'peer', '--device', 'cpu', '--out', {str(tmp_path)!r}]; "
+        "print(run(build_parser().parse_args(argv), argv)['peer'])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipped" in done.stdout
+
+
 # ----------------------------------------------------------------------------- the request and the answers
 
 
