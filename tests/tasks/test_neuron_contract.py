@@ -8,6 +8,7 @@ the compiled (static-shape) models are called with.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import types
 
@@ -198,3 +199,18 @@ def test_image_classifier_resizes_to_compiled_size(fake_sdk, tmp_path):
     calls = fake_sdk.NeuronModelForImageClassification.calls
     assert calls == [{"pixel_values": (1, 3, 32, 32)}] * 2
     assert [r.labels[0] for r in results] == ["cat", "cat"]  # each chunk of one is row 0
+
+
+def test_a_single_logit_classifier_is_scored_with_a_sigmoid_as_transformers_scores_it(fake_sdk, tmp_path):
+    from predictor.backends import task_factory
+
+    directory = build("text-classification", tmp_path / "bert")
+    config = json.loads((directory / "config.json").read_text())
+    config.update(id2label={"0": "TOXIC"}, label2id={"TOXIC": 0}, neuron={"static_batch_size": 1})
+    (directory / "config.json").write_text(json.dumps(config))
+
+    task = task_factory("text-classification")(str(directory), NEURON, ServingLimits(), {})
+    task.load()
+    (result,) = task.run_batch(task.parse_v1({"instances": ["you fool"]}))
+    assert result.labels == ("TOXIC",)
+    assert result.scores[0] == pytest.approx(1 / (1 + math.exp(-5.0)))  # the fake's logit 5; a softmax gives 1.0
