@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from controller.config import ControllerConfig
 from controller.policy.model import COST, PolicyState, Signals
@@ -40,14 +40,18 @@ def autoscaler_demand_floor(config: ControllerConfig, state: PolicyState, signal
     target (it rounds up). A measurement below that misses requests: a rate over a window that
     is only partly filled after a Prometheus restart, or a query that matches only some series."""
     total = 0.0
-    for u in config.units:
-        s = signals.units.get(u.name)
-        if s is None:
-            continue
-        floor = state.floors.get(u.name, (u.min_replicas, 0.0))[0]
+    for u, s, floor in _units_with_signals(config, state, signals):
         if s.desired_replicas > floor:
             total += (min(s.desired_replicas, u.max_replicas) - 1) * u.max_throughput * config.routing.target_utilisation
     return total
+
+
+def _units_with_signals(config: ControllerConfig, state: PolicyState, signals: Signals) -> Iterator[tuple]:
+    """(unit, its signals, the replica floor the controller last gave it) for every unit with signals."""
+    for u in config.units:
+        s = signals.units.get(u.name)
+        if s is not None:
+            yield u, s, state.floors.get(u.name, (u.min_replicas, 0.0))[0]
 
 
 def routed_units(config: ControllerConfig, state: PolicyState) -> set[str]:
@@ -78,11 +82,7 @@ def cluster_demand_estimate(config: ControllerConfig, state: PolicyState, signal
     elapsed = max(0.0, signals.at - state.decided_at) if state.decided_at is not None else 0.0
     decay = 0.5 ** (elapsed / config.prewarm.hold_s) if config.prewarm.hold_s > 0 else 1.0
     total = 0.0
-    for u in config.units:
-        s = signals.units.get(u.name)
-        if s is None:
-            continue
-        floor = state.floors.get(u.name, (u.min_replicas, 0.0))[0]
+    for u, s, floor in _units_with_signals(config, state, signals):
         at_target = u.max_throughput * target
         if s.desired_replicas > floor and (u.name in routed or not state.planned):
             total += min(s.desired_replicas, u.max_replicas) * at_target
